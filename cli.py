@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""ferry: run ML training jobs on GPU VMs on Google Cloud, or offline on a local Google Cloud.
+
+Thin on purpose: each command parses its options, calls one library function and prints.
+Heavy modules (google.cloud.compute_v1 takes ~3 s to import) are imported inside the
+commands that need them, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from infra.errors import FerryError
+
+
+class Context:
+    """Global options; settings are resolved only when a command asks for them."""
+
+    def __init__(self, **flags):
+        self.flags = flags
+        self._settings = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from infra.settings import resolve
+
+            self._settings = resolve(**self.flags)
+        return self._settings
+
+    @property
+    def json(self) -> bool:
+        return bool(self.flags.get("json"))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--backend", type=click.Choice(["local", "gcp"]), help="local (default without a GCP project) or gcp.  [env: FERRY_BACKEND]")
+@click.option("--project", metavar="P", help="GCP project.  [env: GOOGLE_CLOUD_PROJECT]")
+@click.option("--zone", metavar="Z", help="Preferred zone; failover may move on.  [env: CLOUDSDK_COMPUTE_ZONE]")
+@click.option("--bucket", metavar="B", help="Bucket for datasets and runs.  [env: FERRY_BUCKET]")
+@click.option("--json", "json_", is_flag=True, help="Machine-readable output (read commands).")
+@click.option("-v", "--verbose", is_flag=True, help="More detail, including each API call.")
+@click.pass_context
+def main(ctx, backend, project, zone, bucket, json_, verbose):
+    """ferry: GPU training jobs on Google Cloud, and the same workflow offline."""
+    ctx.obj = Context(backend=backend, project=project, zone=zone, bucket=bucket, json=json_, verbose=verbose)
+
+
+# --------------------------------------------------------------------------- VMs
+@main.command()
+@click.option("--gpu", metavar="NAME[:COUNT]", help="GPU type and count, e.g. t4 or v100:2 (see `gpus`).")
+@click.option("--template", metavar="NAME", help="Template in infra/templates (default: default).")
+@click.option("--name", metavar="VM", help="VM name (default: ferry-<user>-<gpu>).")
+@click.option("--spot", is_flag=True, default=None, help="Spot VM: cheaper, may be preempted.")
+@click.option("--max-hours", type=float, metavar="H", help="Cloud-side run-time limit; the VM deletes itself after H hours.")
+@click.option("--dry-run", is_flag=True, help="Validate and show the exact request and cost; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def up(ctx, **options):
+    """Provision a GPU VM and wait until it answers SSH."""
+    from infra.commands import up as command
+
+    command(ctx.settings, **options)
+
+
+@main.command()
+@click.argument("vm", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every VM of yours.")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def down(ctx, vm, all_, dry_run, yes):
+    """Delete a VM (or --all of yours). A VM that is already gone is fine."""
+    from infra.commands import down as command
+
+    command(ctx.settings, vm=vm, all_=all_, dry_run=dry_run, yes=yes)
+
+
+@main.command()
+@pass_ctx
+def status(ctx):
+    """Your VMs in every zone: state, GPU, age, cost so far, auto-delete time."""
+    from infra.commands import status as command
+
+    command(ctx.settings)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def cleanup(ctx, dry_run, yes):
+    """Delete VMs carrying ferry's labels that no live run owns."""
+    from infra.commands import cleanup as command
+
+    command(ctx.settings, dry_run=dry_run, yes=yes)
+
+
+@main.command()
+@pass_ctx
+def gpus(ctx):
+    """The GPU catalog: type, memory, machine series, price per hour, end of life."""
+    from infra.commands import gpus as command
+
+    command(json_output=ctx.json)
+
+
+# --------------------------------------------------------------------------- jobs
+@main.command()
+@click.argument("job")
+@click.option("--vm", metavar="VM", help="Run on this VM and leave it running.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job parameter (repeatable).")
+@click.option("--keep", is_flag=True, help="Keep the VM this run provisions.")
+@click.option("--detach", is_flag=True, help="Return once the job runs; reattach with `logs --follow`.")
+@click.option("--dry-run", is_flag=True, help="Show the VM, the sync and the command; change nothing.")
+@pass_ctx
+def run(ctx, job, vm, overrides, keep, detach, dry_run):
+    """Run JOB on a VM: provision, sync, run, stream logs, summarise, tear down."""
+    from jobs.commands import run as command
+
+    command(ctx.settings, job=job, vm=vm, overrides=overrides, keep=keep, detach=detach, dry_run=dry_run)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+@pass_ctx
+def logs(ctx, run_id, follow):
+    """Print a run's log (from the bucket)."""
+    from jobs.commands import logs as command
+
+    command(ctx.settings, run_id=run_id, follow=follow)
+
+
+@main.command()
+@click.option("--job", metavar="JOB", help="Only runs of this job.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
+@pass_ctx
+def runs(ctx, job, limit):
+    """Runs recorded in the bucket: job, state, start, duration, best accuracy."""
+    from jobs.commands import runs as command
+
+    command(ctx.settings, job=job, limit=limit)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN|latest")
+@click.option("--to", "dest", metavar="DIR", help="Where to put the run folder (default: ./runs/RUN).")
+@pass_ctx
+def pull(ctx, run_id, dest):
+    """Download a run's results and render its report (Markdown, HTML, plots)."""
+    from jobs.commands import pull as command
+
+    command(ctx.settings, run_id=run_id, dest=dest)
+
+
+@main.command(name="jobs")
+@pass_ctx
+def jobs_(ctx):
+    """The job catalog."""
+    from jobs.commands import list_jobs as command
+
+    command(json_output=ctx.json)
+
+
+@main.group()
+def data():
+    """Datasets in the bucket."""
+
+
+@data.command(name="push")
+@click.argument("dataset")
+@click.option("--from", "source", metavar="DIR|URL", help="Where to take it from (default: FERRY_DATA_SOURCE, else the public source).")
+@pass_ctx
+def data_push(ctx, dataset, source):
+    """Stage DATASET in gs://BUCKET/datasets/, checksummed."""
+    from jobs.commands import data_push as command
+
+    command(ctx.settings, dataset=dataset, source=source)
+
+
+# --------------------------------------------------------------------------- local backend
+@main.group()
+def local():
+    """The local Google Cloud (Compute Engine, Cloud Storage, VMs over SSH) on 127.0.0.1."""
+
+
+@local.command(name="start")
+@pass_ctx
+def local_start(ctx):
+    """Start the local service (commands also start it on first use)."""
+    from infra.local.commands import start as command
+
+    command(json_output=ctx.json)
+
+
+@local.command(name="stop")
+@pass_ctx
+def local_stop(ctx):
+    """Stop the local service and every VM; no process is left behind."""
+    from infra.local.commands import stop as command
+
+    command(json_output=ctx.json)
+
+
+@local.command(name="status")
+@pass_ctx
+def local_status(ctx):
+    """Whether it runs, and its endpoints (with --json, for pointing any client at it)."""
+    from infra.local.commands import status as command
+
+    command(json_output=ctx.json)
+
+
+@local.command(name="reset")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def local_reset(ctx, yes):
+    """Stop the service and wipe its state (VMs, buckets, request log)."""
+    from infra.local.commands import reset as command
+
+    command(json_output=ctx.json, yes=yes)
+
+
+def run_cli(argv=None) -> int:
+    """Entry point: every FerryError becomes one line and its exit code."""
+    try:
+        main.main(args=argv, prog_name="cli.py", standalone_mode=False)
+    except FerryError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli())

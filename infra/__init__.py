@@ -1,0 +1,1 @@
+"""Provisioning GPU VMs on Compute Engine (and on the local emulation of it in infra.local)."""
