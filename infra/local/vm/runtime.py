@@ -1,0 +1,272 @@
+"""LocalVm: the runtime of one local VM (SSH server, metadata server, startup script, processes).
+
+A local VM is a directory (its disk) plus the processes started in it; it is not isolation.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import processes
+from .metadata import MetadataServer, MetadataState
+from .spec import VmError, VmSpec
+
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STOP_GRACE = 0.2  # seconds between SIGTERM and SIGKILL when a VM stops
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return os.environ.get("USER", "root")
+
+
+def ensure_host_key(state_dir: Path) -> str:
+    """Load (or create once) the VM's ed25519 host key; returns the public key line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key_path = state_dir / HOST_KEY_NAME
+    pub_path = state_dir / (HOST_KEY_NAME + ".pub")
+    if not key_path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        tmp = key_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.replace(tmp, key_path)
+        pub_path.unlink(missing_ok=True)
+    os.chmod(key_path, 0o600)
+    if not pub_path.exists():
+        key = serialization.load_ssh_private_key(key_path.read_bytes(), password=None)
+        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        pub_path.write_text(pub.decode() + " root@local-vm\n")
+    return " ".join(pub_path.read_text().split()[:2])
+
+
+class LocalVm:
+    """One local VM. Thread-safe; every method is synchronous. See infra/local/vm/__init__.py."""
+
+    def __init__(self, spec: VmSpec):
+        self.spec = spec
+        self._lock = threading.RLock()
+        self._running = False
+        self._sshd = None
+        self._meta: MetadataServer | None = None
+        self._meta_state: MetadataState | None = None
+        self._pgids: set[int] = set()
+        self._children: list[subprocess.Popen] = []
+        self._host_key = ""
+        self._python_dir = ""
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def ssh_port(self) -> int:
+        return self._sshd.port if self._sshd else 0
+
+    @property
+    def host_key_public(self) -> str:
+        """'ssh-ed25519 AAAA...' (what GCE publishes as guest attribute hostkeys/ssh-ed25519)."""
+        return self._host_key or ensure_host_key(self._state_dir())
+
+    @property
+    def metadata_host(self) -> str:
+        return self._meta.host if self._meta else ""
+
+    @property
+    def ssh_user(self) -> str | None:
+        """The user to log in as: None in asyncssh mode (any user named in `ssh-keys`); in
+        openssh mode the OS user running the service (the system sshd needs a real user)."""
+        return os_user() if self.spec.ssh_mode == "openssh" else None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def startup_log(self) -> Path:
+        return self.spec.state_dir / "startup.log"
+
+    def _state_dir(self) -> Path:
+        d = self.spec.state_dir
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        return d
+
+    # ------------------------------------------------------------------ environment
+    def _python_path_dir(self) -> str:
+        """A directory whose `python3` is this interpreter: its own, or a shim in .vm/bin."""
+        exe = sys.executable
+        own = os.path.join(os.path.dirname(exe), "python3")
+        if os.path.exists(own) and os.path.realpath(own) == os.path.realpath(exe):
+            return os.path.dirname(exe)
+        shim_dir = self.spec.state_dir / "bin"
+        shim_dir.mkdir(exist_ok=True)
+        for name in ("python3", "python"):
+            shim = shim_dir / name
+            shim.write_text(f"#!/bin/sh\nexec {shlex.quote(exe)} \"$@\"\n")
+            shim.chmod(0o755)
+        return f"{shim_dir}:{os.path.dirname(exe)}"
+
+    def session_env(self, user: str | None = None, term: str | None = None) -> dict[str, str]:
+        """The environment of every process on the VM (what sshd would give a login)."""
+        user = user or os_user()
+        disk = str(self.spec.disk_dir)
+        env = {
+            "PATH": f"{self._python_dir or os.path.dirname(sys.executable)}:{SYSTEM_PATH}",
+            "HOME": disk,
+            "PWD": disk,
+            "USER": user,
+            "LOGNAME": user,
+            "SHELL": "/bin/sh",
+            "LANG": "C.UTF-8",
+        }
+        env.update(self.spec.env)
+        host = self.metadata_host
+        env.update({"GCE_METADATA_HOST": host, "GCE_METADATA_IP": host, processes.MARKER_VAR: self.spec.marker})
+        if term:
+            env["TERM"] = term
+        return env
+
+    def _keys(self) -> str:
+        return self.spec.metadata.get("ssh-keys", "")
+
+    def _on_spawn(self, pgid: int) -> None:
+        with self._lock:
+            self._pgids.add(pgid)
+
+    def _reap(self, proc: subprocess.Popen, after=None) -> None:
+        def wait():
+            code = proc.wait()
+            if after:
+                after(code)
+        threading.Thread(target=wait, name=f"vm-reap-{proc.pid}", daemon=True).start()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Boot: metadata server, SSH server (returns once it listens), startup script."""
+        with self._lock:
+            if self._running:
+                return
+            self.spec.disk_dir.mkdir(parents=True, exist_ok=True)
+            state_dir = self._state_dir()
+            self._host_key = ensure_host_key(state_dir)
+            self._python_dir = self._python_path_dir()
+            # leftovers of an earlier life of this disk (a service that crashed): gone first
+            processes.kill_all(self.spec.marker, deadline=1.0)
+            self._pgids = set()
+            self._meta_state = MetadataState(self.spec.name, self.spec.zone, self.spec.project, self.spec.metadata)
+            self._meta = MetadataServer(self._meta_state)
+            self._meta.start()
+            try:
+                if self.spec.ssh_mode == "openssh":
+                    from .sshd_openssh import OpenSshd
+
+                    self._sshd = OpenSshd(vm=self)
+                else:
+                    from .sshd_embedded import EmbeddedSshd
+
+                    self._sshd = EmbeddedSshd(
+                        host_key_path=state_dir / HOST_KEY_NAME, disk_dir=self.spec.disk_dir,
+                        keys=self._keys, env_for=self.session_env, on_spawn=self._on_spawn,
+                    )
+                self._sshd.start()
+            except BaseException:
+                self._running = True
+                self.stop()
+                raise
+            self._running = True
+            self._run_startup_script()
+
+    def _run_startup_script(self) -> None:
+        script = self.spec.metadata.get("startup-script")
+        if not script:
+            return
+        path = self.spec.state_dir / "startup-script"
+        path.write_text(script)
+        path.chmod(0o700)
+        log = open(self.startup_log, "ab")
+        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} startup-script: starting\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            ["/bin/sh", str(path)], cwd=self.spec.disk_dir, env=self.session_env(),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+        log.close()
+        self._on_spawn(proc.pid)
+
+        def done(code: int) -> None:
+            with open(self.startup_log, "ab") as f:
+                f.write(f"--- startup-script exit status {code}\n".encode())
+
+        self._reap(proc, done)
+
+    def update_metadata(self, items: dict[str, str]) -> None:
+        """After setMetadata: `items` is the instance's whole metadata now. A changed
+        `ssh-keys` applies to new SSH connections; metadata long polls wake."""
+        with self._lock:
+            self.spec.metadata = dict(items)
+            if self._meta_state is not None:
+                self._meta_state.update(attributes=dict(items))
+            if self._running and hasattr(self._sshd, "keys_changed"):
+                self._sshd.keys_changed()
+
+    def set_preempted(self) -> None:
+        if self._meta_state is not None:
+            self._meta_state.update(preempted="TRUE")
+
+    def set_maintenance_event(self, value: str) -> None:
+        if self._meta_state is not None:
+            self._meta_state.update(maintenance_event=value)
+
+    def drop_connections(self) -> None:
+        """Close every SSH connection; the server keeps listening (a network blip)."""
+        with self._lock:
+            if self._running and self._sshd is not None:
+                self._sshd.drop_connections()
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Power off: every process the VM started gets SIGTERM, then SIGKILL after `grace`
+        seconds; the SSH port and the metadata server close. Idempotent."""
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            sshd, self._sshd = self._sshd, None
+            if sshd is not None:
+                sshd.stop()  # no new sessions; connections aborted
+            left = processes.kill_all(self.spec.marker, pgids=self._pgids, grace=grace)
+            if self._meta is not None:
+                self._meta.stop()
+                self._meta = None
+            if sshd is not None and hasattr(sshd, "close_loop"):
+                sshd.close_loop()
+            self._pgids = set()
+            if left:
+                raise VmError(f"local VM {self.spec.name}: processes {left} survived SIGKILL")
+
+    def pids(self) -> list[int]:
+        """Live processes started on the VM (commands, their children, the startup script)."""
+        return processes.find(self.spec.marker)
+
+    def __enter__(self) -> "LocalVm":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<LocalVm {self.spec.name} {self.spec.ssh_mode} {state} ssh=127.0.0.1:{self.ssh_port} metadata={self.metadata_host}>"
