@@ -1,0 +1,910 @@
+"""Compute Engine state and rules: instances, their state machine, operations.
+
+No HTTP here (see responses.py). Every mutating call returns an `Operation` at once; the work
+happens on a worker thread, one action at a time per instance:
+
+    insert:  PROVISIONING -> STAGING -> RUNNING (VM runtime started)    op DONE at RUNNING
+    stop:    STOPPING -> TERMINATED (VM runtime stopped)                 start: STAGING -> RUNNING
+    delete:  STOPPING -> gone (VM runtime stopped, disk directory removed)
+    maxRunDuration / preemption / stockout-after-insert: system operations doing stop or delete
+
+Instance records persist in `<state_dir>/instances.json`; on a service start, an instance that
+was RUNNING (or on its way) boots again with a fresh VM runtime on the same disk directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from infra.local.compute import catalog
+from infra.local.compute import exceptions as exc
+from infra.local.compute.faults import Faults
+from infra.local.compute.filters import compile_filter
+
+log = logging.getLogger("ferry.local.compute")
+
+API = "https://www.googleapis.com/compute/v1"
+NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
+METADATA_KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+MAX_RUN_MIN_S, MAX_RUN_MAX_S = 30, 120 * 24 * 3600
+
+
+def now_rfc3339(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return str(random.randrange(10**18, 10**19))
+
+
+def fingerprint() -> str:
+    return base64.b64encode(os.urandom(8)).decode()
+
+
+def last(url_or_name: str) -> str:
+    return str(url_or_name).rstrip("/").rsplit("/", 1)[-1]
+
+
+def zone_link(project: str, zone: str) -> str:
+    return f"{API}/projects/{project}/zones/{zone}"
+
+
+@dataclass
+class Timing:
+    """How long each step takes locally (seconds); `slow_operations` adds its delay to each."""
+
+    provision_s: float = 0.02
+    stage_s: float = 0.02
+    stop_s: float = 0.01
+    preempt_grace_s: float = 1.0
+    setter_s: float = 0.01  # setMetadata / setLabels
+
+
+class NullVm:
+    """The VM runtime stand-in for `--vm-runtime none` (API-only tests): no SSH, no processes."""
+
+    ssh_port = None
+    host_key_public = None
+    metadata_host = None
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def update_metadata(self, items):
+        pass
+
+    def set_preempted(self):
+        pass
+
+    def set_maintenance_event(self, value):
+        pass
+
+    def drop_connections(self):
+        pass
+
+    def pids(self):
+        return []
+
+
+# ---------------------------------------------------------------------------- operations
+class Operation:
+    _counter = itertools.count(1)
+
+    def __init__(self, project: str, zone: str | None, op_type: str, target_link: str,
+                 target_id: str | None = None, user: str = "ferry-local@localhost"):
+        self.id = new_id()
+        self.name = f"operation-{int(time.time() * 1000)}-{next(self._counter):06d}-{os.urandom(4).hex()}"
+        self.project, self.zone, self.op_type = project, zone, op_type
+        self.target_link, self.target_id, self.user = target_link, target_id, user
+        self.status = "RUNNING"
+        self.progress = 0
+        self.insert_time = self.start_time = now_rfc3339()
+        self.end_time: str | None = None
+        self.failure: exc.OperationFailure | None = None
+        self.warnings: list[dict] = []
+        self._done = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def finish(self, failure: exc.OperationFailure | None = None) -> None:
+        self.failure = failure
+        self.status, self.progress, self.end_time = "DONE", 100, now_rfc3339()
+        self._done.set()
+
+    def wait(self, timeout: float) -> None:
+        self._done.wait(timeout)
+
+    def to_dict(self) -> dict:
+        scope = zone_link(self.project, self.zone) if self.zone else f"{API}/projects/{self.project}/global"
+        out = {
+            "kind": "compute#operation",
+            "id": self.id,
+            "name": self.name,
+            "operationType": self.op_type,
+            "targetLink": self.target_link,
+            "status": self.status,
+            "progress": self.progress,
+            "user": self.user,
+            "insertTime": self.insert_time,
+            "startTime": self.start_time,
+            "selfLink": f"{scope}/operations/{self.name}",
+        }
+        if self.zone:
+            out["zone"] = zone_link(self.project, self.zone)
+        if self.target_id:
+            out["targetId"] = self.target_id
+        if self.end_time:
+            out["endTime"] = self.end_time
+        if self.warnings:
+            out["warnings"] = self.warnings
+        if self.failure:
+            out.update(self.failure.operation_fields())
+        return out
+
+
+# ---------------------------------------------------------------------------- instances
+@dataclass
+class Instance:
+    project: str
+    zone: str
+    resource: dict  # the GCE resource as served (status included)
+    deadline: float | None = None  # maxRunDuration end (epoch seconds), while RUNNING
+    vm: object | None = None
+    guest: dict = field(default_factory=dict)  # guest attributes "namespace/key" -> value
+    gone: bool = False
+    action_lock: threading.Lock = field(default_factory=threading.Lock)
+    timer: threading.Timer | None = None
+
+    @property
+    def name(self) -> str:
+        return self.resource["name"]
+
+    @property
+    def status(self) -> str:
+        return self.resource["status"]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.project, self.zone, self.name)
+
+    @property
+    def link(self) -> str:
+        return f"{zone_link(self.project, self.zone)}/instances/{self.name}"
+
+    @property
+    def scheduling(self) -> dict:
+        return self.resource.get("scheduling") or {}
+
+    @property
+    def accelerator(self) -> tuple[str | None, int]:
+        for acc in self.resource.get("guestAccelerators") or []:
+            return last(acc["acceleratorType"]), int(acc.get("acceleratorCount", 1))
+        mt = catalog.MACHINE_TYPES.get(last(self.resource["machineType"]))
+        return (mt.gpu, mt.gpu_count) if mt and mt.gpu else (None, 0)
+
+    def metadata_items(self) -> dict[str, str]:
+        return {i["key"]: i.get("value", "") for i in (self.resource.get("metadata") or {}).get("items", [])}
+
+
+def _duration_seconds(value) -> float:
+    if isinstance(value, dict):
+        return float(value.get("seconds", 0) or 0) + float(value.get("nanos", 0) or 0) / 1e9
+    return float(value)
+
+
+class Compute:
+    """All zones of the local Compute Engine, for any project."""
+
+    def __init__(self, state_dir: Path, vm_factory: Callable[[dict], object] | None = None,
+                 vm_env: dict | None = None, ssh_mode: str = "asyncssh", timing: Timing | None = None):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.vm_factory = vm_factory or NullVm
+        self.vm_env = dict(vm_env or {})
+        self.ssh_mode = ssh_mode
+        self.timing = timing or Timing()
+        self.faults = Faults()
+        self._lock = threading.RLock()
+        self._instances: dict[tuple[str, str, str], Instance] = {}
+        self._operations: dict[str, Operation] = {}
+        self._request_ids: dict[str, Operation] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "instances.json"
+
+    def _save(self) -> None:
+        with self._lock:
+            data = [{"project": i.project, "zone": i.zone, "resource": i.resource, "deadline": i.deadline}
+                    for i in self._instances.values()]
+            tmp = self._state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, self._state_file)
+
+    def restore(self) -> list[Instance]:
+        """Load persisted instances; those that were up boot again (call `boot_restored`)."""
+        if not self._state_file.exists():
+            return []
+        try:
+            data = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            log.warning("unreadable %s; starting with no instances", self._state_file)
+            return []
+        again = []
+        for rec in data:
+            inst = Instance(rec["project"], rec["zone"], rec["resource"], rec.get("deadline"))
+            self._instances[inst.key] = inst
+            if inst.status == "STOPPING":
+                inst.resource["status"] = "TERMINATED"
+            elif inst.status in ("PROVISIONING", "STAGING", "RUNNING"):
+                inst.resource["status"] = "STAGING"
+                again.append(inst)
+        return again
+
+    def boot_restored(self, instances: list[Instance]) -> None:
+        for inst in instances:
+            op = self._new_op(inst, "start", user="system")
+            self._spawn(self._do_start, inst, op, True)
+
+    # ------------------------------------------------------------------ helpers
+    def _new_op(self, inst: Instance | None, op_type: str, project: str | None = None,
+                zone: str | None = None, target_link: str = "", user: str | None = None) -> Operation:
+        op = Operation(inst.project if inst else project, inst.zone if inst else zone, op_type,
+                       inst.link if inst else target_link, inst.resource.get("id") if inst else None,
+                       **({"user": user} if user else {}))
+        with self._lock:
+            self._operations[op.name] = op
+        return op
+
+    def _spawn(self, fn, *args) -> None:
+        threading.Thread(target=fn, args=args, daemon=True, name=f"op-{fn.__name__}").start()
+
+    def _sleep(self, seconds: float) -> None:
+        time.sleep(seconds + self.faults.operation_delay())
+
+    def _set_status(self, inst: Instance, status: str, message: str | None = None) -> None:
+        with self._lock:
+            inst.resource["status"] = status
+            if message:
+                inst.resource["statusMessage"] = message
+            else:
+                inst.resource.pop("statusMessage", None)
+            if not inst.gone:
+                self._save()
+
+    def check_zone(self, project: str, zone: str) -> None:
+        if zone not in catalog.ZONES:
+            raise exc.invalid("zone", zone, "Unknown zone.")
+
+    def get_instance(self, project: str, zone: str, name: str) -> Instance:
+        self.check_zone(project, zone)
+        with self._lock:
+            inst = self._instances.get((project, zone, name))
+        if inst is None or inst.gone:
+            raise exc.not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        return inst
+
+    def get_operation(self, project: str, zone: str | None, name: str) -> Operation:
+        with self._lock:
+            op = self._operations.get(name)
+        if op is None or op.project != project or op.zone != zone:
+            where = f"zones/{zone}" if zone else "global"
+            raise exc.not_found(f"projects/{project}/{where}/operations/{name}")
+        return op
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, project: str, zone: str, body: dict) -> tuple[dict, list[dict]]:
+        """The request body -> the resource as stored; raises GceError (400/404) when invalid."""
+        warnings: list[dict] = []
+        name = body.get("name") or ""
+        if not NAME_RE.fullmatch(name):
+            raise exc.invalid("resource.name", name,
+                              "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?|[1-9][0-9]{0,19})'")
+        mt_name = last(body.get("machineType") or "")
+        mt = catalog.MACHINE_TYPES.get(mt_name)
+        if not mt_name:
+            raise exc.bad_request("Required field 'resource.machineType' not specified")
+        if mt is None or mt not in catalog.machine_types_in(zone):
+            raise exc.invalid("resource.machineType", body["machineType"],
+                              f"Machine type with name '{mt_name}' does not exist in zone '{zone}'.")
+        scheduling = dict(body.get("scheduling") or {})
+        accs = body.get("guestAccelerators") or []
+        gpu, count = mt.gpu, mt.gpu_count
+        if len(accs) > 1:
+            raise exc.bad_request("At most one accelerator type per instance is supported.")
+        for i, acc in enumerate(accs):
+            a_name = last(acc.get("acceleratorType") or "")
+            a_count = int(acc.get("acceleratorCount", 0) or 0)
+            field_ = f"resource.guestAccelerators[{i}].acceleratorType"
+            if a_name not in catalog.ALL_GPUS or a_name not in catalog.ZONES[zone]:
+                raise exc.invalid(field_, acc.get("acceleratorType"),
+                                  f"Accelerator type '{a_name}' does not exist in zone '{zone}'.")
+            if mt.gpu:  # A2/A3/G2: the GPUs come with the machine type
+                if a_name != mt.gpu or a_count != mt.gpu_count:
+                    raise exc.bad_request(
+                        f"Accelerator \"{a_name.upper().replace('-', '_')}\" with count {a_count} is not supported for "
+                        f"machine type {mt.name}; it comes with {mt.gpu_count} x {mt.gpu}.")
+                continue
+            if a_name not in catalog.N1_GPUS or mt.series != "n1":
+                raise exc.bad_request(
+                    f"Accelerator \"{a_name.upper().replace('-', '_')}\" is not supported for machine type {mt.name}."
+                    " Attach it to an N1 machine type, or pick a machine type that includes it.")
+            caps = catalog.N1_GPUS[a_name][1]
+            if a_count not in caps:
+                raise exc.invalid(f"resource.guestAccelerators[{i}].acceleratorCount", a_count,
+                                  f"Valid counts for {a_name}: {', '.join(map(str, sorted(caps)))}.")
+            if mt.cpus > caps[a_count]:
+                raise exc.bad_request(
+                    f"Number of vCPUs ({mt.cpus}) of machine type {mt.name} exceeds the maximum of "
+                    f"{caps[a_count]} supported with {a_count} x {a_name}.")
+            if a_name in catalog.END_OF_LIFE_GPUS:
+                warnings.append({
+                    "code": "DEPRECATED_RESOURCE_USED",
+                    "message": f"Accelerator type '{a_name}' is end of life on Compute Engine since "
+                               f"{catalog.END_OF_LIFE_GPUS[a_name]}: real GCE refuses it; the local cloud accepts it.",
+                    "data": [{"key": "accelerator", "value": a_name}],
+                })
+            gpu, count = a_name, a_count
+        spot = scheduling.get("provisioningModel") == "SPOT"
+        if gpu and scheduling.get("onHostMaintenance", "MIGRATE") != "TERMINATE" and not (spot or scheduling.get("preemptible")):
+            raise exc.bad_request("Instances with guest accelerators do not support live migration. "
+                                  "Set scheduling.onHostMaintenance to TERMINATE.")
+        if scheduling.get("provisioningModel") not in (None, "STANDARD", "SPOT"):
+            raise exc.invalid("resource.scheduling.provisioningModel", scheduling["provisioningModel"], "Must be STANDARD or SPOT.")
+        if (spot or scheduling.get("preemptible")) and scheduling.get("automaticRestart") is True:
+            raise exc.invalid("resource.scheduling.automaticRestart", "true",
+                              "Spot and preemptible instances cannot be automatically restarted.")
+        if spot or scheduling.get("preemptible"):
+            scheduling.setdefault("automaticRestart", False)
+            scheduling["onHostMaintenance"] = "TERMINATE"
+            scheduling["preemptible"] = True if scheduling.get("preemptible") else False
+        action = scheduling.get("instanceTerminationAction")
+        if action not in (None, "STOP", "DELETE"):
+            raise exc.invalid("resource.scheduling.instanceTerminationAction", action, "Must be STOP or DELETE.")
+        if "maxRunDuration" in scheduling:
+            if scheduling.get("preemptible"):
+                raise exc.bad_request("maxRunDuration is not supported for preemptible instances; use Spot (provisioningModel SPOT).")
+            seconds = _duration_seconds(scheduling["maxRunDuration"])
+            if not MAX_RUN_MIN_S <= seconds <= MAX_RUN_MAX_S:
+                raise exc.invalid("resource.scheduling.maxRunDuration", seconds,
+                                  f"Must be between {MAX_RUN_MIN_S} seconds and 120 days.")
+            if action is None:
+                raise exc.bad_request("scheduling.instanceTerminationAction must be set (STOP or DELETE) with maxRunDuration.")
+        scheduling.setdefault("onHostMaintenance", "MIGRATE")
+        scheduling.setdefault("automaticRestart", True)
+        scheduling.setdefault("provisioningModel", "STANDARD")
+        scheduling.setdefault("preemptible", False)
+
+        labels = dict(body.get("labels") or {})
+        if len(labels) > 64:
+            raise exc.bad_request("Too many labels (at most 64).")
+        for k, v in labels.items():
+            if not LABEL_KEY_RE.fullmatch(k):
+                raise exc.invalid("labels", k, "Label keys must start with a lowercase letter and hold only a-z, 0-9, '_' or '-' (max 63).")
+            if not LABEL_VALUE_RE.fullmatch(str(v)):
+                raise exc.invalid("labels", v, "Label values hold only a-z, 0-9, '_' or '-' (max 63).")
+        items = (body.get("metadata") or {}).get("items") or []
+        self._check_metadata(items)
+
+        disks = body.get("disks") or []
+        boot = next((d for d in disks if d.get("boot")), disks[0] if disks else None)
+        if boot is None:
+            raise exc.bad_request("Invalid value for field 'resource.disks': ''. Boot disk must be specified.")
+        init = boot.get("initializeParams") or {}
+        source = init.get("sourceImage") or boot.get("source")
+        if not source:
+            raise exc.bad_request("Required field 'resource.disks[0].initializeParams.sourceImage' not specified")
+        image = self.resolve_image(source)
+        if image is None:
+            raise exc.invalid("resource.disks[0].initializeParams.sourceImage", source,
+                              "The referenced image resource cannot be found.")
+        if image.deprecated == "DEPRECATED":
+            warnings.append({"code": "DEPRECATED_RESOURCE_USED",
+                             "message": f"The resource 'projects/{image.project}/global/images/{image.name}' is deprecated. "
+                                        f"A suggested replacement is family '{image.replacement_family}'."})
+        size = int(init.get("diskSizeGb") or image.disk_size_gb)
+        if size < image.disk_size_gb:
+            raise exc.invalid("resource.disks[0].initializeParams.diskSizeGb", size,
+                              f"Requested disk size cannot be smaller than the image size ({image.disk_size_gb} GB).")
+
+        link = zone_link(project, zone)
+        nics = body.get("networkInterfaces") or [{}]
+        net_ifaces = []
+        for i, nic in enumerate(nics):
+            access = [{"kind": "compute#accessConfig", "type": "ONE_TO_ONE_NAT", "name": a.get("name", "External NAT"),
+                       "natIP": "127.0.0.1", "networkTier": a.get("networkTier", "PREMIUM")}
+                      for a in (nic.get("accessConfigs") or [])]
+            net_ifaces.append({
+                "kind": "compute#networkInterface", "name": f"nic{i}",
+                "network": f"{API}/projects/{project}/global/networks/{last(nic.get('network') or 'default')}",
+                "subnetwork": f"{API}/projects/{project}/regions/{catalog.region_of(zone)}/subnetworks/default",
+                "networkIP": "127.0.0.1", "stackType": "IPV4_ONLY", "fingerprint": fingerprint(),
+                "accessConfigs": access,
+            })
+        inst_id = new_id()
+        resource = {
+            "kind": "compute#instance",
+            "id": inst_id,
+            "creationTimestamp": now_rfc3339(),
+            "name": name,
+            "description": body.get("description", ""),
+            "tags": {"items": list((body.get("tags") or {}).get("items") or []), "fingerprint": fingerprint()},
+            "machineType": f"{link}/machineTypes/{mt.name}",
+            "status": "PROVISIONING",
+            "zone": link,
+            "canIpForward": bool(body.get("canIpForward", False)),
+            "networkInterfaces": net_ifaces,
+            "disks": [{
+                "kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": "READ_WRITE", "index": 0,
+                "source": f"{link}/disks/{init.get('diskName') or name}", "deviceName": boot.get("deviceName") or "persistent-disk-0",
+                "boot": True, "autoDelete": bool(boot.get("autoDelete", True)), "interface": "SCSI",
+                "diskSizeGb": str(size), "architecture": "X86_64",
+                "licenses": [f"{API}/projects/{image.project}/global/licenses/{image.family}"],
+            }],
+            "metadata": {"kind": "compute#metadata", "fingerprint": fingerprint(),
+                         "items": [{"key": i["key"], "value": i.get("value", "")} for i in items]},
+            "serviceAccounts": body.get("serviceAccounts") or [],
+            "selfLink": f"{link}/instances/{name}",
+            "scheduling": scheduling,
+            "cpuPlatform": "Unknown CPU Platform",
+            "labels": labels,
+            "labelFingerprint": fingerprint(),
+            "startRestricted": False,
+            "deletionProtection": bool(body.get("deletionProtection", False)),
+            "fingerprint": fingerprint(),
+            "sourceImage": f"{API}/projects/{image.project}/global/images/{image.name}",
+        }
+        if accs:
+            resource["guestAccelerators"] = [{"acceleratorType": f"{link}/acceleratorTypes/{gpu}", "acceleratorCount": count}]
+        return resource, warnings
+
+    @staticmethod
+    def _check_metadata(items: list) -> None:
+        total = 0
+        for i in items:
+            key = i.get("key", "")
+            if not METADATA_KEY_RE.fullmatch(key):
+                raise exc.invalid("resource.metadata", key, "Metadata keys hold only a-z, A-Z, 0-9, '_' or '-' (1-128 chars).")
+            total += len(i.get("value") or "")
+        if total > 512 * 1024:
+            raise exc.bad_request("Metadata values exceed the total limit of 512 KB.")
+
+    @staticmethod
+    def resolve_image(source: str) -> catalog.Image | None:
+        m = re.search(r"projects/([^/]+)/global/images/(family/)?([^/]+)$", source)
+        if not m:
+            return None
+        project, is_family, name = m.groups()
+        return catalog.image_by_family(project, name) if is_family else catalog.image_by_name(project, name)
+
+    # ------------------------------------------------------------------ API: instances
+    def insert(self, project: str, zone: str, body: dict, request_id: str | None = None) -> Operation:
+        self.check_zone(project, zone)
+        if request_id and request_id in self._request_ids:
+            return self._request_ids[request_id]
+        resource, warnings = self._validate(project, zone, body)
+        name = resource["name"]
+        with self._lock:
+            if (project, zone, name) in self._instances:
+                raise exc.already_exists(f"projects/{project}/zones/{zone}/instances/{name}")
+            inst = Instance(project, zone, resource)
+            gpu, _ = inst.accelerator
+            failure = self.faults.insert_failure(project, zone, last(resource["machineType"]), gpu,
+                                                 resource["scheduling"].get("provisioningModel") == "SPOT")
+            if failure is None:
+                self._instances[inst.key] = inst
+                self._save()
+        op = self._new_op(inst, "insert")
+        op.warnings = warnings
+        if request_id:
+            self._request_ids[request_id] = op
+        if failure is not None:
+            self._spawn(self._fail_op, op, failure)
+        else:
+            self._spawn(self._do_insert, inst, op)
+        return op
+
+    def _fail_op(self, op: Operation, failure: exc.OperationFailure) -> None:
+        self._sleep(self.timing.provision_s)
+        op.finish(failure)
+
+    def list_instances(self, project: str, zone: str | None, filter_: str | None) -> dict[str, list[dict]]:
+        """{zone: [resource, ...]} for one zone or (zone None) all zones."""
+        pred = compile_filter(filter_)
+        out: dict[str, list[dict]] = {}
+        with self._lock:
+            for inst in self._instances.values():
+                if inst.project != project or inst.gone or (zone and inst.zone != zone):
+                    continue
+                if pred(inst.resource):
+                    out.setdefault(inst.zone, []).append(json.loads(json.dumps(inst.resource)))
+        return out
+
+    def instance_view(self, project: str, zone: str, name: str) -> dict:
+        inst = self.get_instance(project, zone, name)
+        with self._lock:
+            return json.loads(json.dumps(inst.resource))
+
+    def delete(self, project: str, zone: str, name: str) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        if inst.resource.get("deletionProtection"):
+            raise exc.bad_request("Invalid resource usage: 'Resource cannot be deleted if it's protected against deletion.'.")
+        op = self._new_op(inst, "delete")
+        self._spawn(self._do_delete, inst, op)
+        return op
+
+    def stop(self, project: str, zone: str, name: str) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        op = self._new_op(inst, "stop")
+        self._spawn(self._do_stop, inst, op, None)
+        return op
+
+    def start(self, project: str, zone: str, name: str) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        op = self._new_op(inst, "start")
+        self._spawn(self._do_start, inst, op, False)
+        return op
+
+    def set_metadata(self, project: str, zone: str, name: str, body: dict) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        items = body.get("items") or []
+        self._check_metadata(items)
+        with self._lock:
+            if body.get("fingerprint") != inst.resource["metadata"]["fingerprint"]:
+                raise exc.condition_not_met(
+                    "Supplied fingerprint does not match current metadata fingerprint.")
+            inst.resource["metadata"] = {"kind": "compute#metadata", "fingerprint": fingerprint(),
+                                         "items": [{"key": i["key"], "value": i.get("value", "")} for i in items]}
+            self._save()
+            vm = inst.vm
+        op = self._new_op(inst, "setMetadata")
+        if vm is not None:
+            vm.update_metadata(inst.metadata_items())
+        self._spawn(self._finish_later, op)
+        return op
+
+    def set_labels(self, project: str, zone: str, name: str, body: dict) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        labels = dict(body.get("labels") or {})
+        for k, v in labels.items():
+            if not LABEL_KEY_RE.fullmatch(k) or not LABEL_VALUE_RE.fullmatch(str(v)):
+                raise exc.invalid("labels", f"{k}={v}", "Label keys and values hold only a-z, 0-9, '_' or '-'.")
+        with self._lock:
+            if body.get("labelFingerprint") != inst.resource["labelFingerprint"]:
+                raise exc.condition_not_met("Labels fingerprint either invalid or resource labels have changed")
+            inst.resource["labels"] = labels
+            inst.resource["labelFingerprint"] = fingerprint()
+            self._save()
+        op = self._new_op(inst, "setLabels")
+        self._spawn(self._finish_later, op)
+        return op
+
+    def guest_attributes(self, project: str, zone: str, name: str, query_path: str | None,
+                         variable_key: str | None) -> dict:
+        inst = self.get_instance(project, zone, name)
+        enabled = str(inst.metadata_items().get("enable-guest-attributes", "")).upper() == "TRUE"
+        if not enabled:
+            raise exc.not_found(f"projects/{project}/zones/{zone}/instances/{name}/guestAttributes"
+                                " (guest attributes are not enabled: set metadata enable-guest-attributes=TRUE)")
+        with self._lock:
+            guest = dict(inst.guest)
+        out = {"kind": "compute#guestAttributes", "selfLink": f"{inst.link}/guestAttributes"}
+        if variable_key:
+            if variable_key not in guest:
+                raise exc.not_found(f"projects/{project}/zones/{zone}/instances/{name}/guestAttributes/{variable_key}")
+            out.update(variableKey=variable_key, variableValue=guest[variable_key])
+            return out
+        prefix = (query_path or "").strip("/")
+        entries = [{"namespace": k.split("/", 1)[0], "key": k.split("/", 1)[1], "value": v}
+                   for k, v in sorted(guest.items()) if not prefix or k.split("/", 1)[0] == prefix or k == prefix]
+        if not entries:
+            raise exc.not_found(f"projects/{project}/zones/{zone}/instances/{name}/guestAttributes/{query_path or ''}")
+        out["queryPath"] = query_path or ""
+        out["queryValue"] = {"items": entries}
+        return out
+
+    # ------------------------------------------------------------------ workers
+    def _finish_later(self, op: Operation) -> None:
+        self._sleep(self.timing.setter_s)
+        op.finish()
+
+    def _vm_spec(self, inst: Instance) -> dict:
+        return {
+            "name": inst.name, "zone": inst.zone, "project": inst.project,
+            "disk_dir": self.state_dir / "vms" / inst.project / inst.zone / inst.name,
+            "metadata": inst.metadata_items(), "labels": dict(inst.resource.get("labels") or {}),
+            "env": dict(self.vm_env), "ssh_mode": self.ssh_mode,
+        }
+
+    def _boot_vm(self, inst: Instance) -> exc.OperationFailure | None:
+        """STAGING -> RUNNING with a started VM runtime (caller holds inst.action_lock)."""
+        vm = self.vm_factory(self._vm_spec(inst))
+        try:
+            vm.start()
+        except Exception as e:  # the runtime could not start: the instance does not come up
+            log.exception("VM %s failed to start", inst.name)
+            try:
+                vm.stop()
+            except Exception:
+                pass
+            self._set_status(inst, "TERMINATED", f"The VM runtime failed to start: {e}")
+            return exc.OperationFailure("INTERNAL_ERROR", f"The instance could not be started: {e}", 500)
+        guest = {}
+        if getattr(vm, "host_key_public", None):
+            parts = vm.host_key_public.split()
+            guest[f"hostkeys/{parts[0]}"] = parts[1]
+        if getattr(vm, "ssh_port", None):
+            guest["ssh/port"] = str(vm.ssh_port)
+        if getattr(vm, "ssh_user", None):  # openssh mode: only the OS user can log in
+            guest["ssh/user"] = str(vm.ssh_user)
+        with self._lock:
+            inst.vm, inst.guest = vm, guest
+            r = inst.resource
+            r["lastStartTimestamp"] = now_rfc3339()
+            sched = r.get("scheduling") or {}
+            if "maxRunDuration" in sched:
+                if inst.deadline is None:
+                    inst.deadline = time.time() + _duration_seconds(sched["maxRunDuration"])
+                r.setdefault("resourceStatus", {})["scheduling"] = {"terminationTimestamp": now_rfc3339(inst.deadline)}
+                self._arm_deadline(inst)
+        self._set_status(inst, "RUNNING")
+        return None
+
+    def _arm_deadline(self, inst: Instance) -> None:
+        if inst.timer:
+            inst.timer.cancel()
+        delay = max(0.0, inst.deadline - time.time())
+        inst.timer = threading.Timer(delay, self.expire, args=(inst,))
+        inst.timer.daemon = True
+        inst.timer.start()
+
+    def _halt_vm(self, inst: Instance) -> None:
+        """Stop the VM runtime and forget its guest attributes (caller holds inst.action_lock)."""
+        with self._lock:
+            vm, inst.vm, inst.guest = inst.vm, None, {}
+            if inst.timer:
+                inst.timer.cancel()
+                inst.timer = None
+        if vm is not None:
+            try:
+                vm.stop()
+            except Exception:
+                log.exception("VM %s failed to stop cleanly", inst.name)
+
+    def _terminate(self, inst: Instance, message: str | None = None) -> None:
+        self._set_status(inst, "STOPPING")
+        self._sleep(self.timing.stop_s)
+        self._halt_vm(inst)
+        with self._lock:
+            inst.deadline = None
+            inst.resource.pop("resourceStatus", None)
+            inst.resource["lastStopTimestamp"] = now_rfc3339()
+        self._set_status(inst, "TERMINATED", message)
+
+    def _remove(self, inst: Instance) -> None:
+        self._set_status(inst, "STOPPING")
+        self._sleep(self.timing.stop_s)
+        self._halt_vm(inst)
+        with self._lock:
+            inst.gone = True
+            if self._instances.get(inst.key) is inst:
+                del self._instances[inst.key]
+            self._save()
+        shutil.rmtree(self.state_dir / "vms" / inst.project / inst.zone / inst.name, ignore_errors=True)
+
+    def _do_insert(self, inst: Instance, op: Operation) -> None:
+        with inst.action_lock:
+            self._sleep(self.timing.provision_s)
+            if inst.gone:
+                return op.finish()
+            self._set_status(inst, "STAGING")
+            op.progress = 50
+            self._sleep(self.timing.stage_s)
+            failure = self._boot_vm(inst)
+        op.finish(failure)
+        if failure is None:
+            after = self.faults.stockout_after_insert(inst.zone)
+            if after is not None:
+                threading.Timer(after, self._stockout, args=(inst,)).start()
+
+    def _stockout(self, inst: Instance) -> None:
+        with inst.action_lock:
+            if inst.gone or inst.status != "RUNNING":
+                return
+            op = self._new_op(inst, "compute.instances.hostError", user="system")
+            self._terminate(inst, "The zone does not have enough resources available; the instance was stopped.")
+            op.finish()
+
+    def _do_delete(self, inst: Instance, op: Operation) -> None:
+        with inst.action_lock:
+            if not inst.gone:
+                self._remove(inst)
+        op.finish()
+
+    def _do_stop(self, inst: Instance, op: Operation, message: str | None) -> None:
+        with inst.action_lock:
+            if not inst.gone and inst.status not in ("TERMINATED",):
+                self._terminate(inst, message)
+        op.finish()
+
+    def _do_start(self, inst: Instance, op: Operation, restored: bool) -> None:
+        failure = None
+        with inst.action_lock:
+            if inst.gone:
+                return op.finish()
+            if restored or inst.status == "TERMINATED":
+                self._set_status(inst, "STAGING")
+                self._sleep(self.timing.stage_s)
+                failure = self._boot_vm(inst)
+        op.finish(failure)
+
+    # ------------------------------------------------------------------ cloud-side events
+    def expire(self, inst: Instance) -> None:
+        """maxRunDuration reached: the instanceTerminationAction (STOP or DELETE)."""
+        action = (inst.scheduling.get("instanceTerminationAction") or "STOP").upper()
+        with inst.action_lock:
+            if inst.gone or inst.status != "RUNNING":
+                return
+            op = self._new_op(inst, "delete" if action == "DELETE" else "stop", user="system")
+            if action == "DELETE":
+                self._remove(inst)
+            else:
+                self._terminate(inst, "Instance was stopped after reaching its maxRunDuration.")
+            op.finish()
+
+    def preempt(self, project: str, zone: str, name: str, grace_s: float | None = None) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        sched = inst.scheduling
+        if not (sched.get("provisioningModel") == "SPOT" or sched.get("preemptible")):
+            raise exc.bad_request(f"Instance '{name}' is not a Spot VM; only Spot VMs are preempted.")
+        if inst.status != "RUNNING":
+            raise exc.resource_not_ready(inst.link, inst.status)
+        op = self._new_op(inst, "compute.instances.preempted", user="system")
+        grace = self.timing.preempt_grace_s if grace_s is None else float(grace_s)
+
+        def run():
+            with inst.action_lock:
+                if inst.gone or inst.status != "RUNNING":
+                    return op.finish()
+                if inst.vm is not None:
+                    inst.vm.set_preempted()
+                time.sleep(grace)
+                if (sched.get("instanceTerminationAction") or "STOP").upper() == "DELETE":
+                    self._remove(inst)
+                else:
+                    self._terminate(inst, "Instance was preempted.")
+            op.finish()
+
+        self._spawn(run)
+        return op
+
+    def vm_of(self, project: str, zone: str, name: str):
+        inst = self.get_instance(project, zone, name)
+        if inst.vm is None:
+            raise exc.resource_not_ready(inst.link, inst.status)
+        return inst.vm
+
+    def expire_now(self, project: str, zone: str, name: str) -> None:
+        """Control: fast-forward an instance to the end of its maxRunDuration."""
+        inst = self.get_instance(project, zone, name)
+        if inst.deadline is None:
+            raise exc.bad_request(f"Instance '{name}' has no running maxRunDuration.")
+        self._spawn(self.expire, inst)
+
+    def debug_view(self) -> list[dict]:
+        with self._lock:
+            insts = list(self._instances.values())
+        out = []
+        for i in insts:
+            vm = i.vm
+            out.append({"project": i.project, "zone": i.zone, "name": i.name, "status": i.status,
+                        "ssh_port": getattr(vm, "ssh_port", None), "deadline": i.deadline,
+                        "pids": list(vm.pids()) if vm is not None else []})
+        return out
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop every VM runtime (the service is stopping); records keep their status."""
+        self._closed = True
+        with self._lock:
+            insts = list(self._instances.values())
+        threads = []
+        for inst in insts:
+            with self._lock:
+                vm, inst.vm = inst.vm, None
+                if inst.timer:
+                    inst.timer.cancel()
+            if vm is not None:
+                t = threading.Thread(target=vm.stop, daemon=True)
+                t.start()
+                threads.append(t)
+        for t in threads:
+            t.join(5)
+
+
+# ---------------------------------------------------------------------------- firewalls
+class Firewalls:
+    """Global firewall rules per project; every project starts with GCE's default ones."""
+
+    def __init__(self, compute: Compute):
+        self.compute = compute
+        self._rules: dict[str, dict[str, dict]] = {}
+        self._lock = threading.Lock()
+
+    def _project(self, project: str) -> dict[str, dict]:
+        if project not in self._rules:
+            self._rules[project] = {}
+            for name, ports in (("default-allow-ssh", ["22"]), ("default-allow-internal", ["0-65535"])):
+                self._rules[project][name] = self._resource(project, {
+                    "name": name, "direction": "INGRESS", "priority": 65534,
+                    "allowed": [{"IPProtocol": "tcp", "ports": ports}],
+                    "sourceRanges": ["0.0.0.0/0"] if name.endswith("ssh") else ["10.128.0.0/9"]})
+        return self._rules[project]
+
+    @staticmethod
+    def _resource(project: str, body: dict) -> dict:
+        name = body["name"]
+        out = {"kind": "compute#firewall", "id": new_id(), "creationTimestamp": now_rfc3339(),
+               "network": f"{API}/projects/{project}/global/networks/default", "direction": "INGRESS",
+               "priority": 1000, "disabled": False, "logConfig": {"enable": False}}
+        out.update(body)
+        out["selfLink"] = f"{API}/projects/{project}/global/firewalls/{name}"
+        return out
+
+    def list(self, project: str, filter_: str | None) -> list[dict]:
+        pred = compile_filter(filter_)
+        with self._lock:
+            return [r for r in self._project(project).values() if pred(r)]
+
+    def get(self, project: str, name: str) -> dict:
+        with self._lock:
+            rule = self._project(project).get(name)
+        if rule is None:
+            raise exc.not_found(f"projects/{project}/global/firewalls/{name}")
+        return rule
+
+    def insert(self, project: str, body: dict) -> Operation:
+        name = body.get("name") or ""
+        if not NAME_RE.fullmatch(name):
+            raise exc.invalid("resource.name", name, "Must be a match of regex '[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?'")
+        with self._lock:
+            rules = self._project(project)
+            if name in rules:
+                raise exc.already_exists(f"projects/{project}/global/firewalls/{name}")
+            rules[name] = self._resource(project, body)
+        op = self.compute._new_op(None, "insert", project=project, target_link=rules[name]["selfLink"])
+        op.finish()
+        return op
+
+    def delete(self, project: str, name: str) -> Operation:
+        rule = self.get(project, name)
+        with self._lock:
+            self._project(project).pop(name, None)
+        op = self.compute._new_op(None, "delete", project=project, target_link=rule["selfLink"])
+        op.finish()
+        return op

@@ -1,0 +1,86 @@
+"""Python client of the local cloud's control interface (faults, request log, VM events).
+
+    from infra.local.control import Control
+    ctl = Control(endpoints)                       # an Endpoints, or the control URL
+    ctl.fault("stockout", zone="us-central1-a", accelerator="nvidia-tesla-t4",
+              zones_available=["us-central1-b"])
+    ctl.fault("http_error", status=503, count=2)
+    ctl.clear_faults()
+    ctl.requests()                                 # [{service, method, path, query, time}]
+    ctl.preempt("us-central1-a", "my-vm")
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import quote, urlencode, urlparse
+
+from infra.errors import CloudError, UsageError
+
+
+class Control:
+    def __init__(self, endpoints, project: str = "ferry-local", timeout: float = 30.0):
+        url = endpoints if isinstance(endpoints, str) else endpoints.control
+        u = urlparse(url)
+        self.host, self.port, self.base = u.hostname, u.port, u.path.rstrip("/")
+        self.project, self.timeout = project, timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None, query: dict | None = None):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        url = self.base + path + (f"?{urlencode(query)}" if query else "")
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            conn.request(method, url, body=payload, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"null")
+        except OSError as e:
+            raise CloudError(f"local cloud control interface unreachable at {self.host}:{self.port}: {e}") from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            message = data.get("error") if isinstance(data, dict) else data
+            raise (UsageError if resp.status in (400, 404) else CloudError)(f"local cloud: {message}")
+        return data
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    # faults
+    def fault(self, kind: str, **params) -> dict:
+        return self._call("POST", "/faults", {"kind": kind, **params})
+
+    def faults(self) -> list[dict]:
+        return self._call("GET", "/faults")
+
+    def clear_faults(self) -> int:
+        return self._call("DELETE", "/faults")["cleared"]
+
+    # request log
+    def requests(self, since: float | None = None) -> list[dict]:
+        return self._call("GET", "/requests", query={"since": since} if since else None)
+
+    def clear_requests(self) -> None:
+        self._call("DELETE", "/requests")
+
+    # VM events
+    def _vm(self, zone: str, vm: str, action: str, body: dict | None = None):
+        return self._call("POST", f"/instances/{quote(zone)}/{quote(vm)}/{action}", body or {}, {"project": self.project})
+
+    def preempt(self, zone: str, vm: str, grace_s: float | None = None) -> dict:
+        """Spot VM preempted: metadata preempted=TRUE now, stopped (or deleted) after grace_s."""
+        return self._vm(zone, vm, "preempt", {} if grace_s is None else {"grace_s": grace_s})
+
+    def drop_ssh(self, zone: str, vm: str) -> None:
+        self._vm(zone, vm, "drop-ssh")
+
+    def maintenance(self, zone: str, vm: str, value: str = "TERMINATE_ON_HOST_MAINTENANCE") -> None:
+        self._vm(zone, vm, "maintenance", {"value": value})
+
+    def expire(self, zone: str, vm: str) -> None:
+        """Fast-forward the VM to the end of its scheduling.maxRunDuration."""
+        self._vm(zone, vm, "expire")
+
+    def instances(self) -> list[dict]:
+        """Instances as the service holds them, with SSH port and the live pids of each VM."""
+        return self._call("GET", "/instances")

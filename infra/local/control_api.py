@@ -1,0 +1,108 @@
+"""The control interface (server side), under `/_ferry/` on the compute port, and the request log.
+
+    GET    /_ferry/health                         {"ok": true, "pid", "version", "started_at"}
+    GET    /_ferry/faults                         active faults
+    POST   /_ferry/faults          {kind, ...}    add a fault (see compute/faults.py) -> the fault
+    DELETE /_ferry/faults                         clear every fault
+    GET    /_ferry/requests[?since=T]             request log: [{service, method, path, query, time}]
+    DELETE /_ferry/requests                       clear it
+    GET    /_ferry/instances                      instances with SSH port and live VM pids
+    POST   /_ferry/instances/{zone}/{name}/preempt      {grace_s?}  Spot VM preempted
+    POST   /_ferry/instances/{zone}/{name}/drop-ssh                 close its SSH connections
+    POST   /_ferry/instances/{zone}/{name}/maintenance  {value}     metadata maintenance-event
+    POST   /_ferry/instances/{zone}/{name}/expire                   reach maxRunDuration now
+Every instance route takes `?project=` (default ferry-local). Errors: {"error": message}.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+
+from infra.local.compute.exceptions import GceError
+from infra.local.compute.faults import FaultError
+
+DEFAULT_PROJECT = "ferry-local"
+
+
+class RequestLog:
+    """Every call the compute and storage servers receive (not control calls), newest last."""
+
+    def __init__(self, limit: int = 20000):
+        self._entries: deque = deque(maxlen=limit)
+        self._lock = threading.Lock()
+
+    def add(self, service: str, method: str, path: str, query: str) -> None:
+        with self._lock:
+            self._entries.append({"service": service, "method": method, "path": path,
+                                  "query": query, "time": time.time()})
+
+    def list(self, since: float | None = None) -> list[dict]:
+        with self._lock:
+            return [e for e in self._entries if since is None or e["time"] >= since]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_INSTANCE = re.compile(r"^/_ferry/instances/(?P<zone>[^/]+)/(?P<name>[^/]+)/(?P<action>[a-z-]+)$")
+
+
+class ControlApi:
+    def __init__(self, compute, request_log: RequestLog, info: dict):
+        self.compute = compute
+        self.log = request_log
+        self.info = info
+
+    def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, object]:
+        try:
+            return self._handle(method, path, query, body or {})
+        except FaultError as e:
+            return 400, {"error": str(e)}
+        except GceError as e:
+            return e.status, {"error": e.message}
+
+    def _handle(self, method, path, query, body):
+        faults = self.compute.faults
+        if path == "/_ferry/health" and method == "GET":
+            return 200, {"ok": True, **self.info}
+        if path == "/_ferry/faults":
+            if method == "GET":
+                return 200, faults.list()
+            if method == "POST":
+                params = dict(body)
+                kind = params.pop("kind", None)
+                if not kind:
+                    return 400, {"error": "a fault needs a kind"}
+                return 200, faults.add(kind, params)
+            if method == "DELETE":
+                return 200, {"cleared": faults.clear()}
+        if path == "/_ferry/requests":
+            if method == "GET":
+                since = (query.get("since") or [None])[0]
+                return 200, self.log.list(float(since) if since else None)
+            if method == "DELETE":
+                self.log.clear()
+                return 200, {"cleared": True}
+        if path == "/_ferry/instances" and method == "GET":
+            return 200, self.compute.debug_view()
+        m = _INSTANCE.match(path)
+        if m and method == "POST":
+            project = (query.get("project") or [DEFAULT_PROJECT])[0]
+            zone, name, action = m.group("zone"), m.group("name"), m.group("action")
+            if action == "preempt":
+                op = self.compute.preempt(project, zone, name, body.get("grace_s"))
+                return 200, {"operation": op.name}
+            if action == "drop-ssh":
+                self.compute.vm_of(project, zone, name).drop_connections()
+                return 200, {"dropped": True}
+            if action == "maintenance":
+                self.compute.vm_of(project, zone, name).set_maintenance_event(str(body.get("value", "TERMINATE_ON_HOST_MAINTENANCE")))
+                return 200, {"ok": True}
+            if action == "expire":
+                self.compute.expire_now(project, zone, name)
+                return 200, {"ok": True}
+        return 404, {"error": f"no control route {method} {path}"}

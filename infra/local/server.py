@@ -1,0 +1,180 @@
+"""The local service process: Compute Engine (+ control under /_ferry/) and Cloud Storage on
+127.0.0.1, ports chosen by the OS, announced in `<home>/local/service.json` once both answer.
+
+Run in the foreground with `python -m infra.local --home DIR`; `infra.local.service` runs it
+in the background. SIGTERM / SIGINT: stop every VM, close both servers, remove service.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from infra.local import VERSION
+from infra.local.compute import exceptions as exc
+from infra.local.compute.models import Compute
+from infra.local.compute.responses import ComputeResponses
+from infra.local.compute.urls import route
+from infra.local.control_api import ControlApi, RequestLog
+
+log = logging.getLogger("ferry.local")
+
+
+class ComputeHandler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+    server_version = "ferry-local-compute"
+
+    def _send(self, status: int, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self, method: str) -> None:
+        srv: ComputeServer = self.server
+        parsed = urlparse(self.path)
+        query = parse_qs(parsed.query)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            return self._send(400, exc.bad_request("Invalid JSON payload received.").body())
+        if parsed.path.startswith("/_ferry/"):
+            status, payload = srv.control.handle(method, parsed.path, query, body)
+            return self._send(status, payload)
+        srv.request_log.add("compute", method, parsed.path, parsed.query)
+        injected = srv.compute.faults.http_error("compute", method, parsed.path)
+        if injected:
+            return self._send(injected, exc.injected(injected).body())
+        handler, params = route(method, parsed.path)
+        if handler is None:
+            return self._send(404, exc.GceError(404, f"The requested URL {parsed.path} was not found on this server.", "notFound").body())
+        if handler == "":
+            return self._send(405, exc.GceError(405, f"Method {method} not allowed for {parsed.path}", "methodNotAllowed").body())
+        try:
+            status, payload = getattr(srv.responses, handler)(params, query, body)
+        except exc.GceError as e:
+            status, payload = e.status, e.body()
+        except Exception as e:  # a bug of ours: answer like a backend error, keep serving
+            log.exception("%s %s failed", method, self.path)
+            status, payload = 500, exc.GceError(500, f"Internal error: {e}", "backendError").body()
+        self._send(status, payload)
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def log_message(self, format, *args):
+        pass
+
+
+class ComputeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, compute: Compute, request_log: RequestLog, info: dict, port: int = 0):
+        self.compute = compute
+        self.responses = ComputeResponses(compute)
+        self.request_log = request_log
+        self.control = ControlApi(compute, request_log, info)
+        super().__init__(("127.0.0.1", port), ComputeHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def vm_factory(spec: dict):
+    from infra.local.vm import LocalVm, VmSpec
+
+    return LocalVm(VmSpec(**spec))
+
+
+def _warm_vm_runtime() -> None:
+    """Import the VM runtime (asyncssh ~0.3 s) before the first insert needs it."""
+    try:
+        import infra.local.vm  # noqa: F401
+    except Exception:
+        log.exception("VM runtime failed to import")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infra.local", description=__doc__.splitlines()[0])
+    ap.add_argument("--home", required=True, help="ferry home; state goes under HOME/local")
+    ap.add_argument("--vm-runtime", choices=["asyncssh", "openssh", "none"], default=os.environ.get("FERRY_LOCAL_VM_RUNTIME", "asyncssh"),
+                    help="SSH server of each VM (none: API only, no SSH, for tests)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    started = time.time()
+    root = Path(args.home).expanduser().resolve() / "local"
+    root.mkdir(parents=True, exist_ok=True)
+
+    request_log = RequestLog()
+    from infra.local.storage import StorageServer
+
+    compute = Compute(root / "compute", vm_factory=None if args.vm_runtime == "none" else vm_factory,
+                      ssh_mode="asyncssh" if args.vm_runtime == "none" else args.vm_runtime)
+    storage = StorageServer(root / "storage", request_log=request_log, faults=compute.faults)
+    compute.vm_env["STORAGE_EMULATOR_HOST"] = storage.url
+    info = {"pid": os.getpid(), "version": VERSION, "started_at": started, "home": str(root.parent)}
+    compute_server = ComputeServer(compute, request_log, info)
+    storage.serve_in_background()
+    threading.Thread(target=compute_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="compute").start()
+    if args.vm_runtime != "none":
+        threading.Thread(target=_warm_vm_runtime, daemon=True).start()
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+    compute.boot_restored(compute.restore())
+    service_file = root / "service.json"
+    write_json_atomic(service_file, {
+        **info, "compute": compute_server.url, "storage": storage.url, "control": f"{compute_server.url}/_ferry",
+        "vm_runtime": args.vm_runtime, "ready_s": round(time.time() - started, 3),
+    })
+    log.info("ready: compute %s storage %s (%.3f s)", compute_server.url, storage.url, time.time() - started)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("stopping")
+        compute.close()
+        compute_server.shutdown()
+        storage.shutdown()
+        try:
+            if json.loads(service_file.read_text()).get("pid") == os.getpid():
+                service_file.unlink()
+        except (OSError, ValueError):
+            pass
+        log.info("stopped")
+    return 0
