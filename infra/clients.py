@@ -1,0 +1,121 @@
+"""The only place the backends differ: endpoints and credentials for the official clients.
+
+`compute(settings)` -> `Compute`, a bundle of compute_v1 clients built with one endpoint and
+one set of credentials, plus the pacing the backend calls for (how often to poll an
+operation, how long to watch a new VM for a late stockout, how long SSH may take).
+`storage_client(settings)` -> google.cloud.storage.Client. Everything above this module is
+one code path for `gcp` and `local`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from infra.errors import CloudError
+from infra.settings import Settings
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+AUTH_HINT = "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a key file"
+
+
+@dataclass(frozen=True)
+class Pacing:
+    poll_s: float          # between zone-operation polls
+    op_timeout_s: float    # one operation, at most
+    settle_s: float        # a new VM must stay RUNNING this long (stockout after insert)
+    ssh_timeout_s: float   # from RUNNING to SSH answering
+    ssh_poll_s: float
+
+
+GCP_PACING = Pacing(poll_s=2.0, op_timeout_s=300.0, settle_s=15.0, ssh_timeout_s=300.0, ssh_poll_s=3.0)
+LOCAL_PACING = Pacing(poll_s=0.03, op_timeout_s=60.0, settle_s=0.5, ssh_timeout_s=30.0, ssh_poll_s=0.1)
+
+
+def credentials(settings: Settings):
+    """Anonymous on local; Application Default Credentials on gcp (one line if missing)."""
+    if settings.is_local:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        creds, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+    except DefaultCredentialsError:
+        raise CloudError("no Google Cloud credentials found", hint=AUTH_HINT) from None
+    return creds
+
+
+def endpoints(settings: Settings) -> dict:
+    """{"compute": url|None, "storage": url|None}: None means Google's public endpoints."""
+    if settings.is_local:
+        from infra.local.service import ensure_running
+
+        ep = ensure_running(settings.home)
+        return {"compute": ep.compute, "storage": ep.storage}
+    return {"compute": None, "storage": None}
+
+
+@dataclass
+class Compute:
+    """compute_v1 clients sharing one endpoint and credentials (built lazily, ~3 s import once)."""
+
+    project: str
+    backend: str
+    endpoint: str | None
+    creds: object
+    pacing: Pacing
+    _clients: dict = field(default_factory=dict, repr=False)
+
+    def _client(self, kind: str):
+        if kind not in self._clients:
+            from google.cloud import compute_v1
+
+            options = {"api_endpoint": self.endpoint} if self.endpoint else None
+            self._clients[kind] = getattr(compute_v1, kind)(credentials=self.creds, client_options=options)
+        return self._clients[kind]
+
+    instances = property(lambda self: self._client("InstancesClient"))
+    zone_operations = property(lambda self: self._client("ZoneOperationsClient"))
+    accelerator_types = property(lambda self: self._client("AcceleratorTypesClient"))
+    machine_types = property(lambda self: self._client("MachineTypesClient"))
+    zones = property(lambda self: self._client("ZonesClient"))
+    regions = property(lambda self: self._client("RegionsClient"))
+    projects = property(lambda self: self._client("ProjectsClient"))
+
+
+_CACHE: dict = {}
+
+
+def compute(settings: Settings) -> Compute:
+    """The Compute Engine clients for SETTINGS' backend (starts the local service if needed)."""
+    key = (settings.backend, settings.project, str(settings.home))
+    bundle = _CACHE.get(key)
+    if bundle is None:
+        ep = endpoints(settings)["compute"]
+        bundle = Compute(
+            project=settings.project,
+            backend=settings.backend,
+            endpoint=ep,
+            creds=credentials(settings),
+            pacing=LOCAL_PACING if settings.is_local else GCP_PACING,
+        )
+        _CACHE[key] = bundle
+    return bundle
+
+
+def storage_client(settings: Settings):
+    """google.cloud.storage.Client for the backend (local: the emulator, anonymous)."""
+    from google.cloud import storage
+
+    ep = endpoints(settings)["storage"]
+    if ep:
+        return storage.Client(project=settings.project, credentials=credentials(settings),
+                              client_options={"api_endpoint": ep})
+    return storage.Client(project=settings.project, credentials=credentials(settings))
+
+
+def reset_cache() -> None:
+    """Forget built clients (tests that restart the local service)."""
+    _CACHE.clear()

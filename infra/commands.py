@@ -1,0 +1,430 @@
+"""The CLI-facing functions for up, down, status, cleanup and gpus: call infra.provision and
+print (rich tables and a live status on stderr for people; JSON on stdout with --json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+from infra.errors import CloudError, UsageError
+from infra.settings import Settings
+
+CONFIRM_OVER_USD = 25.0     # `up` asks before a VM whose run-time limit could cost more
+HEARTBEAT_FRESH_S = 120     # a run is live while its heartbeat is younger than this
+NEW_RUN_GRACE_S = 600       # a run VM without status.json yet is "starting" this long
+LIVE_STATES = ("provisioning", "syncing", "running")
+
+
+def _out():
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped: do not squeeze tables into 80 columns
+        console = Console(highlight=False, width=200)
+    return console
+
+
+def _err():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _money(value) -> str:
+    return "?" if value is None else f"${value:,.2f}"
+
+
+def _when(dt: datetime | None, now: datetime) -> str:
+    if dt is None:
+        return "-"
+    delta = (dt - now).total_seconds()
+    local = dt.astimezone().strftime("%Y-%m-%d %H:%M")
+    return f"{local} (in {_dur(delta)})" if delta >= 0 else f"{local} ({_dur(-delta)} ago)"
+
+
+def _dur(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} (no terminal to ask: pass --yes)")
+    import click
+
+    if not click.confirm(question, default=False, err=True):
+        raise UsageError("cancelled; nothing changed")
+
+
+class _Live:
+    """A live one-line status on stderr; warnings stay on screen."""
+
+    def __init__(self, enabled: bool = True):
+        self.console = _err()
+        self.enabled = enabled and self.console.is_terminal
+        self.status = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.status = self.console.status("starting")
+            self.status.__enter__()
+        return self
+
+    def __call__(self, message: str) -> None:
+        if message == getattr(self, "_last", None) and self.status is None:
+            return  # no terminal: print each distinct line once
+        self._last = message
+        if message.startswith("warning: "):
+            self.console.print(f"[yellow]warning:[/yellow] {message[9:]}")
+        elif self.status is not None:
+            self.status.update(message)
+        else:
+            self.console.print(message, style="dim")
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+def _cloud_errors(fn):
+    """API and auth exceptions that escape the library become one line and exit 3."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, CloudError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            from infra.operations import Failure, from_exception
+
+            if isinstance(exc, Failure):
+                raise CloudError(str(exc)) from None
+            if not type(exc).__module__.startswith("google."):
+                raise
+            try:
+                failure = from_exception(exc)
+            except Exception:
+                raise CloudError(f"{type(exc).__name__}: {exc}") from None
+            raise CloudError(str(failure)) from None
+
+    return wrapper
+
+
+def _announce(settings: Settings) -> None:
+    """With no GCP project configured, say once (stderr) that this is the local backend."""
+    if settings.is_local and str(settings.sources.get("backend", "")).startswith("default"):
+        _err().print("backend: local (no GCP project configured; set --project or GOOGLE_CLOUD_PROJECT for Google Cloud)",
+                     style="dim")
+
+
+# --------------------------------------------------------------------------- up
+@_cloud_errors
+def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max_hours=None, dry_run=False, yes=False):
+    from infra import provision
+
+    _announce(settings)
+
+    options = dict(gpu=gpu, template=template, name=name, spot=spot, max_hours=max_hours)
+    if dry_run:
+        with _Live() as live:
+            plan = provision.up(settings, dry_run=True, progress=live, **options)
+        return _print_plan(plan, settings)
+    plan = provision.plan(settings, **options)  # validation + cost, before anything else
+    if plan.max_cost is not None and plan.max_cost > CONFIRM_OVER_USD:
+        _confirm(f"{plan.name}: {plan.spec.gpu_label} at {_money(plan.price_per_hour)}/h may cost up to "
+                 f"{_money(plan.max_cost)} before its {plan.max_hours:g} h limit deletes it. Create it?", yes)
+    with _Live() as live:
+        vm = provision.up(settings, progress=live, **options)
+    if settings.json:
+        return _emit_json(vm.as_dict())
+    _print_vm(vm, settings)
+
+
+def _print_plan(plan, settings: Settings) -> None:
+    if settings.json:
+        return _emit_json(plan.as_dict())
+    out = _out()
+    spec = plan.spec
+    out.print(f"[bold]dry run[/bold]: nothing is created, no credentials used ({settings.backend} backend)")
+    out.print(f"  VM           {plan.name} in {plan.zone} (project {plan.project}; failover may move on)")
+    out.print(f"  template     {spec.template}: {spec.description}")
+    out.print(f"  GPU          {spec.gpu_label} on {spec.machine_type}{' (spot)' if spec.spot else ''}")
+    out.print(f"  image        {spec.image_project}/{spec.image_family}, {spec.boot_disk_gb} GB {spec.boot_disk_type}")
+    out.print(f"  price        {_money(plan.price_per_hour)}/h (approximate, see `gpus`)")
+    out.print(f"  limit        deleted by the cloud after {plan.max_hours:g} h: at most {_money(plan.max_cost)}")
+    out.print("  calls:")
+    for call in plan.calls:
+        out.print(f"    {call}")
+    out.print("  instance body (instances.insert):")
+    out.print(json.dumps(plan.body, indent=2), markup=False)
+
+
+def _print_vm(vm, settings: Settings) -> None:
+    out = _out()
+    now = datetime.now(timezone.utc)
+    verb = "created" if vm.created else "reused"
+    out.print(f"[bold green]{vm.name}[/bold green] is up ({verb})")
+    rows = [
+        ("zone", vm.zone),
+        ("address", f"{vm.host}:{vm.port}" if vm.port != 22 else str(vm.host)),
+        ("GPU", f"{vm.gpu_count} x {vm.gpu} on {vm.machine_type}" if vm.gpu else f"none, {vm.machine_type}"),
+        ("price", f"{_money(vm.price_per_hour)}/h{' (spot)' if vm.spot else ''} (approximate)"),
+        ("auto-delete", _when(vm.auto_delete_at, now)),
+        ("ssh", f"ssh -i {vm.key_path} -p {vm.port} {vm.user}@{vm.host}"),
+        ("delete", f"python cli.py down {vm.name}"),
+    ]
+    for key, value in rows:
+        out.print(f"  {key:<12} {value}", markup=False)
+
+
+# --------------------------------------------------------------------------- down
+@_cloud_errors
+def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
+    from infra import provision, templates
+
+    _announce(settings)
+    if vm and all_:
+        raise UsageError("give a VM name or --all, not both")
+    if vm:
+        templates.check_vm_name(vm)
+    if dry_run and vm:
+        # No credentials needed: the exact call is known without looking.
+        return _report_down(settings, [vm], {}, dry_run=True)
+    vms = provision.list_vms(settings, mine_only=True) if not vm else None
+    if vm:
+        targets = [vm]
+    elif all_:
+        targets = [v.name for v in vms]
+    elif len(vms) == 1:
+        targets = [vms[0].name]
+    elif not vms:
+        targets = []
+    else:
+        raise UsageError("you have several VMs: name one or pass --all", hint="yours: " + ", ".join(v.name for v in vms))
+    if dry_run or not targets:
+        return _report_down(settings, targets, {}, dry_run=dry_run)
+    if all_:
+        _confirm(f"delete {len(targets)} VM(s): {', '.join(targets)}?", yes)
+    zones = {v.name: v.zone for v in (vms or [])}
+    with _Live() as live:
+        results = provision.delete_many(settings, [(t, zones.get(t)) for t in targets], progress=live)
+    _report_down(settings, targets, results)
+
+
+def _report_down(settings, targets, results, dry_run=False):
+    if settings.json:
+        return _emit_json({"dry_run": dry_run, "vms": [
+            {"name": t, "result": "would delete" if dry_run else ("deleted" if results.get(t) else "already gone")}
+            for t in targets]})
+    out = _out()
+    if not targets:
+        out.print("no VMs of yours to delete")
+    for t in targets:
+        if dry_run:
+            out.print(f"dry run: would call DELETE compute/v1/projects/{settings.project}/zones/<its zone>/instances/{t}"
+                      " and wait for the operation", markup=False)
+        else:
+            out.print(f"{t}: {'deleted' if results.get(t) else 'already gone'}")
+
+
+# --------------------------------------------------------------------------- status
+@_cloud_errors
+def status(settings: Settings):
+    from infra import provision
+
+    _announce(settings)
+    vms = provision.list_vms(settings)
+    now = datetime.now(timezone.utc)
+    rows = []
+    for v in vms:
+        age = (now - v.created_at).total_seconds() if v.created_at else None
+        billed = None
+        if age is not None and v.price_per_hour is not None and v.status not in ("TERMINATED", "STOPPED"):
+            billed = round(v.price_per_hour * max(age, 60) / 3600, 4)  # per second after the first minute
+        rows.append((v, age, billed))
+    if settings.json:
+        return _emit_json([
+            {**v.as_dict(), "age_s": None if age is None else round(age, 1), "cost_so_far": billed,
+             "owner": v.labels.get("ferry-owner"), "run": v.labels.get("ferry-run")}
+            for v, age, billed in rows])
+    out = _out()
+    if not rows:
+        out.print(f"no ferry VMs in project {settings.project} ({settings.backend} backend)")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"ferry VMs in {settings.project} ({settings.backend})", title_justify="left")
+    for col in ("name", "zone", "status", "GPU", "machine", "owner", "run", "age", "$/h", "cost so far", "auto-delete"):
+        table.add_column(col, justify="right" if col in ("age", "$/h", "cost so far") else "left")
+    for v, age, billed in rows:
+        table.add_row(v.name, v.zone, v.status, f"{v.gpu_count} x {v.gpu}" if v.gpu else "-", v.machine_type,
+                      v.labels.get("ferry-owner", "-"), v.labels.get("ferry-run", "-"),
+                      "-" if age is None else _dur(age), _money(v.price_per_hour), _money(billed),
+                      _when(v.auto_delete_at, now))
+    out.print(table)
+    total = sum(b for _, _, b in rows if b)
+    out.print(f"total so far {_money(total)}; prices approximate (see `gpus`)")
+
+
+# --------------------------------------------------------------------------- cleanup
+def run_liveness(settings: Settings, run_ids: set, now: datetime) -> dict:
+    """run id -> (live?, why) from gs://BUCKET/runs/<id>/status.json (state + heartbeat)."""
+    if not run_ids:
+        return {}
+    from google.api_core import exceptions as gexc
+
+    from infra.clients import storage_client
+
+    client = storage_client(settings)
+    bucket = client.bucket(settings.bucket)
+    out = {}
+    for run_id in sorted(run_ids):
+        try:
+            data = json.loads(bucket.blob(f"runs/{run_id}/status.json").download_as_bytes())
+        except gexc.NotFound:
+            out[run_id] = (None, "no status.json")
+            continue
+        except ValueError:
+            out[run_id] = (False, "status.json unreadable")
+            continue
+        except gexc.GoogleAPICallError as exc:
+            raise CloudError(f"cannot read gs://{settings.bucket}/runs/{run_id}/status.json: {exc.message}",
+                             hint="nothing was deleted") from None
+        state = str(data.get("state", "")).lower()
+        beat = _parse_time(data.get("heartbeat") or data.get("updated"))
+        age = None if beat is None else (now - beat).total_seconds()
+        if state not in LIVE_STATES:
+            out[run_id] = (False, f"run {state or 'unknown'}")
+        elif age is None or age > HEARTBEAT_FRESH_S:
+            out[run_id] = (False, f"run {state} but heartbeat {'missing' if age is None else _dur(age) + ' old'}")
+        else:
+            out[run_id] = (True, f"run {state}, heartbeat {_dur(age)} ago")
+    return out
+
+
+def _parse_time(value) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc)
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def orphans(settings: Settings, vms: list, now: datetime | None = None) -> list:
+    """[(vm, why)] for the VMs no live run (or user) owns. The rule:
+    - TERMINATED/STOPPED ferry VMs: orphaned (they hold a disk, nothing can use them);
+    - a VM labelled ferry-run=<id>: orphaned unless the run's status.json shows provisioning,
+      syncing or running with a heartbeat under 2 minutes old; a run VM younger than 10 minutes
+      with no status.json yet counts as starting (kept);
+    - a VM without ferry-run (a plain `up`): the user's; orphaned only once older than its
+      run-time limit (the cloud should have deleted it)."""
+    now = now or datetime.now(timezone.utc)
+    runs = run_liveness(settings, {v.labels["ferry-run"] for v in vms if v.labels.get("ferry-run")}, now)
+    out = []
+    for v in vms:
+        age = (now - v.created_at).total_seconds() if v.created_at else 0.0
+        run = v.labels.get("ferry-run")
+        if v.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
+            out.append((v, f"{v.status.lower()}, holds a disk"))
+        elif run:
+            live, why = runs.get(run, (None, "no status.json"))
+            if live:
+                continue
+            if live is None and age < NEW_RUN_GRACE_S:
+                continue  # starting: its run has not written status.json yet
+            out.append((v, f"{run}: {why}"))
+        elif v.auto_delete_at is not None and now > v.auto_delete_at:
+            out.append((v, "past its run-time limit"))
+    return out
+
+
+@_cloud_errors
+def cleanup(settings: Settings, *, dry_run=False, yes=False):
+    from infra import provision
+
+    _announce(settings)
+    vms = provision.list_vms(settings)
+    found = orphans(settings, vms)
+    if settings.json and (dry_run or not found):
+        return _emit_json({"dry_run": dry_run, "orphans": [{"name": v.name, "zone": v.zone, "reason": why} for v, why in found],
+                           "deleted": []})
+    out = _out()
+    if not found:
+        out.print(f"nothing to clean up: {len(vms)} ferry VM(s), all owned")
+        return
+    for v, why in found:
+        (_err() if settings.json else out).print(f"  orphaned: {v.name} ({v.zone}, {v.status}): {why}", markup=False)
+    if dry_run:
+        out.print(f"dry run: would delete {len(found)} VM(s); nothing changed")
+        return
+    _confirm(f"delete {len(found)} orphaned VM(s)?", yes)
+    with _Live() as live:
+        results = provision.delete_many(settings, [(v.name, v.zone) for v, _ in found], progress=live)
+    if settings.json:
+        return _emit_json({"dry_run": False, "orphans": [{"name": v.name, "zone": v.zone, "reason": why} for v, why in found],
+                           "deleted": [n for n, ok in results.items() if ok]})
+    for name, ok in results.items():
+        out.print(f"{name}: {'deleted' if ok else 'already gone'}")
+
+
+# --------------------------------------------------------------------------- gpus
+def gpu_rows() -> list[dict]:
+    from infra import catalog
+
+    cat = catalog.load()
+    rows = []
+    for g in cat.gpus:
+        count = g.counts[0]
+        mt = g.machine_type(count)
+        rows.append({
+            "name": g.name, "api": g.api, "aliases": list(g.aliases), "memory_gb": g.memory_gb, "series": g.series,
+            "attach": g.attach, "counts": list(g.counts),
+            "machine_types": {str(k): v for k, v in g.machine_types.items()},
+            "price_per_gpu_hour": g.price.get("gpu"), "spot_price_per_gpu_hour": g.price.get("spot_gpu"),
+            "vm_price_per_hour": cat.price(g, count, mt), "vm_spot_price_per_hour": cat.price(g, count, mt, spot=True),
+            "vm_price_for": f"{count} x {g.name} on {mt}",
+            "price_date": g.price.get("date"), "price_source": cat.sources.get(g.price.get("source"), g.price.get("source")),
+            "price_approximate": bool(g.price.get("approximate", True)),
+            "end_of_life": g.end_of_life, "successor": g.successor,
+        })
+    return rows
+
+
+def gpus(json_output: bool = False):
+    rows = gpu_rows()
+    if json_output:
+        return _emit_json(rows)
+    from rich.table import Table
+
+    table = Table(title="GPUs (prices: approximate USD/h, us-central1, on demand / spot)", title_justify="left")
+    for col in ("name", "API name", "memory", "series", "counts", "VM (1st count)", "$/h VM", "spot $/h", "end of life"):
+        table.add_column(col, justify="right" if col.startswith(("$", "spot", "memory")) else "left")
+    for r in rows:
+        eol = f"{r['end_of_life']} (use {r['successor']})" if r["end_of_life"] else "-"
+        table.add_row(r["name"], r["api"], f"{r['memory_gb']} GB", r["series"], ",".join(map(str, r["counts"])),
+                      r["vm_price_for"].split(" on ")[1], _money(r["vm_price_per_hour"]), _money(r["vm_spot_price_per_hour"]),
+                      eol, style="dim" if r["end_of_life"] else None)
+    out = _out()
+    out.print(table)
+    from infra import catalog
+
+    cat = catalog.load()
+    out.print("prices dated per GPU in infra/gpus.yaml; sources: " + "; ".join(f"{k}: {v}" for k, v in cat.sources.items()),
+              markup=False)

@@ -1,0 +1,618 @@
+"""Provisioning: up, get, list_vms, delete. One code path for `gcp` and `local`.
+
+`up()`: validate (catalog, template, name, labels, retired GPUs) -> [dry run stops here with
+the exact body, calls and cost] -> reuse the VM if it exists and is ours -> for each candidate
+zone (preferred, its region, then other regions; `zonesAvailable` hints first): preflight
+(the zone offers the GPU, regional GPU quota where the API tells), insert, wait on the zone
+operation, watch the new VM stay RUNNING for a moment (stockout just after insert), wait for
+SSH with the host key pinned. Failures are classified in infra.operations: next zone, next
+region, or stop. Anything that goes wrong after the insert, Ctrl-C included, deletes the VM.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from infra import catalog, keys, render, state, templates
+from infra.errors import CloudError, UsageError
+from infra.operations import FATAL, REGION, Failure, from_exception, wait
+from infra.settings import Settings, owner
+
+MAX_ZONE_ATTEMPTS = 8
+GONE_STATES = ("TERMINATED", "STOPPING", "STOPPED", "SUSPENDING", "SUSPENDED", "REPAIRING")
+OUR_LABELS = (render.MANAGED_BY, render.LABEL_VM, render.LABEL_OWNER)
+
+Progress = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Vm:
+    name: str
+    zone: str
+    project: str
+    host: str | None
+    port: int
+    user: str
+    key_path: Path
+    host_key: str | None
+    gpu: str | None
+    gpu_count: int
+    machine_type: str
+    price_per_hour: float | None
+    auto_delete_at: datetime | None
+    labels: dict
+    created: bool = False
+    status: str = ""
+    created_at: datetime | None = None
+    spot: bool = False
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["key_path"] = str(self.key_path)
+        for k in ("auto_delete_at", "created_at"):
+            out[k] = out[k].isoformat() if out[k] else None
+        return out
+
+
+@dataclass
+class Plan:
+    """What `up --dry-run` would do: the exact request body, the calls, the cost."""
+
+    name: str
+    project: str
+    zone: str
+    spec: templates.Spec
+    body: dict
+    calls: list
+    price_per_hour: float | None
+    max_hours: float
+    warnings: list = field(default_factory=list)
+
+    @property
+    def max_cost(self) -> float | None:
+        return None if self.price_per_hour is None else round(self.price_per_hour * self.max_hours, 2)
+
+    def as_dict(self) -> dict:
+        return {
+            "dry_run": True, "name": self.name, "project": self.project, "zone": self.zone,
+            "template": self.spec.template, "gpu": self.spec.gpu.name if self.spec.gpu else None,
+            "gpu_count": self.spec.count, "machine_type": self.spec.machine_type, "spot": self.spec.spot,
+            "price_per_hour": self.price_per_hour, "max_hours": self.max_hours, "max_cost": self.max_cost,
+            "warnings": self.warnings, "calls": self.calls, "instance": self.body,
+        }
+
+
+# --------------------------------------------------------------------------- validation
+def default_name(spec: templates.Spec) -> str:
+    gpu = f"{spec.gpu.name}" + (f"x{spec.count}" if spec.count > 1 else "") if spec.gpu else "cpu"
+    name = re.sub(r"[^a-z0-9-]", "-", f"ferry-{owner()}-{gpu}".lower())
+    name = re.sub(r"-+", "-", name)[:63].rstrip("-")
+    return name
+
+
+def _check_labels(labels: dict | None) -> dict:
+    out = {}
+    for key, value in (labels or {}).items():
+        key, value = str(key), str(value)
+        if key in OUR_LABELS or not templates.LABEL_RE.fullmatch(key) or not templates.LABEL_VALUE_RE.fullmatch(value):
+            raise UsageError(f"invalid label {key}={value!r}",
+                             hint="lowercase letters, digits, _ and -, at most 63; managed-by, ferry-vm, ferry-owner are set by ferry")
+        out[key] = value
+    return out
+
+
+def retired_message(gpu: catalog.Gpu) -> str:
+    cat = catalog.load()
+    succ = cat.find(gpu.successor) if gpu.successor else None
+    text = f"{gpu.name} ({gpu.api}) reached end of life on Compute Engine on {gpu.end_of_life}"
+    if succ:
+        mt = succ.machine_type(succ.counts[0])
+        price = cat.price(succ, succ.counts[0], mt)
+        text += (f"; the closest current GPU is {succ.name} ({succ.api}, {succ.memory_gb} GB), "
+                 f"${succ.price['gpu']:.2f}/h per GPU, about ${price:.2f}/h on {mt}")
+    return text
+
+
+def prepare(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max_hours=None,
+            labels=None) -> tuple[templates.Spec, str, dict, list]:
+    """All the validation that needs no cloud: -> (spec, name, extra labels, warnings)."""
+    spec = templates.load(template, gpu=gpu, spot=spot, max_hours=max_hours)
+    name = templates.check_vm_name(name if name is not None else default_name(spec))
+    extra = _check_labels(labels)
+    warnings = []
+    if spec.gpu is not None and spec.gpu.retired:
+        message = retired_message(spec.gpu)
+        if not settings.is_local:
+            succ = spec.gpu.successor or "t4"
+            raise UsageError(message, hint=f"use --gpu {succ}")
+        warnings.append(message + "; the local backend still runs it")
+    return spec, name, extra, warnings
+
+
+def plan(settings: Settings, **kwargs) -> Plan:
+    """`up --dry-run`: everything but the cloud. Needs no credentials, calls nothing."""
+    spec, name, extra, warnings = prepare(settings, **kwargs)
+    _, pub = _public_key_or_placeholder(settings)
+    body = render.body(spec, name=name, zone=settings.zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(pub),
+                       extra_labels=extra)
+    p, z = settings.project, settings.zone
+    acc = f"acceleratorTypes/{spec.gpu.api}" if spec.gpu else f"machineTypes/{spec.machine_type}"
+    calls = [
+        f"GET  projects/{p}/aggregated/instances?filter=name = {name}  # reuse it if it exists and is ours",
+        f"GET  projects/{p}/zones  # candidate zones, {z} first",
+        f"GET  projects/{p}/zones/{z}/{acc}  # the zone offers it",
+        f"GET  projects/{p}/regions/{settings.region}  # regional GPU quota",
+        f"POST projects/{p}/zones/{z}/instances?requestId=<uuid>  # the instance body below",
+        f"POST projects/{p}/zones/{z}/operations/<op>/wait  # until DONE, then error.errors checked",
+        f"GET  projects/{p}/zones/{z}/instances/{name}  # RUNNING with a natIP, and stays RUNNING",
+        f"GET  projects/{p}/zones/{z}/instances/{name}/getGuestAttributes?queryPath=hostkeys/  # host key to pin",
+        f"SSH  ferry@<natIP> with {keys.key_path(settings.home)}  # until it answers",
+        "on a stockout: the same in the next zone; on a regional quota: the next region; else stop",
+    ]
+    return Plan(name=name, project=p, zone=z, spec=spec, body=body, calls=calls,
+                price_per_hour=spec.price_per_hour, max_hours=spec.max_hours, warnings=warnings)
+
+
+def _public_key_or_placeholder(settings: Settings) -> tuple[Path, str]:
+    path = keys.key_path(settings.home)
+    pub = path.with_name(path.name + ".pub")
+    if pub.exists():
+        return path, " ".join(pub.read_text().split()[:2])
+    return path, "ssh-ed25519 <created on first real up>"
+
+
+# --------------------------------------------------------------------------- up
+def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max_hours=None, labels=None,
+       dry_run=False, progress: Progress | None = None):
+    """Create (or reuse) a VM and wait until SSH answers -> Vm. With dry_run -> Plan.
+
+    `progress(message)` receives status lines; lines starting with "warning: " deserve to stay
+    on screen.
+    """
+    say = progress or (lambda message: None)
+    if dry_run:
+        result = plan(settings, gpu=gpu, template=template, name=name, spot=spot, max_hours=max_hours, labels=labels)
+        for w in result.warnings:
+            say("warning: " + w)
+        return result
+    spec, name, extra, warnings = prepare(settings, gpu=gpu, template=template, name=name, spot=spot,
+                                          max_hours=max_hours, labels=labels)
+    for w in warnings:
+        say("warning: " + w)
+    from infra import clients
+
+    compute = clients.compute(settings)
+    key_path, pub = keys.ensure_key(settings.home)
+    with state.vm_lock(settings, name):
+        existing = _find(compute, settings, name)
+        if existing is not None:
+            vm = _reuse(compute, settings, existing, spec, key_path, say)
+            if vm is not None:
+                return vm
+        return _create(compute, settings, spec, name, extra, pub, key_path, say)
+
+
+def _reuse(compute, settings, inst, spec, key_path, say):
+    """The VM exists: reuse it when it is ours and matches; None when it was dead and is now deleted."""
+    zone = _last(inst.zone)
+    labels = dict(inst.labels)
+    if labels.get(render.MANAGED_BY) != "ferry":
+        raise UsageError(f"VM {inst.name} exists in {zone} and is not managed by ferry", hint="choose another --name")
+    if labels.get(render.LABEL_OWNER) != owner():
+        raise UsageError(f"VM {inst.name} in {zone} belongs to {labels.get(render.LABEL_OWNER)!r}", hint="choose another --name")
+    if _last(inst.machine_type) != spec.machine_type:
+        raise UsageError(f"VM {inst.name} exists in {zone} as {_last(inst.machine_type)}, not {spec.machine_type}",
+                         hint=f"run `down {inst.name}` first or choose another --name")
+    if inst.status in GONE_STATES:
+        say(f"{inst.name} in {zone} is {inst.status}: deleting it and creating a new one")
+        _delete_and_wait(compute, zone, inst.name)
+        return None
+    say(f"{inst.name} exists in {zone} and is ours: reusing it")
+    vm = _wait_ready(compute, settings, inst.name, zone, key_path, say, settle=False)
+    vm.created = False
+    return vm
+
+
+def _zone_order(preferred: str, zones: list[str]) -> list[str]:
+    region = preferred.rsplit("-", 1)[0]
+    area = preferred.split("-", 1)[0]
+
+    def rank(z):
+        r = z.rsplit("-", 1)[0]
+        return (z != preferred, r != region, z.split("-", 1)[0] != area, r, z)
+
+    return sorted(zones, key=rank)
+
+
+def _candidate_zones(compute, preferred: str) -> list[str]:
+    zones = list(compute.zones.list(project=compute.project))
+    names = [z.name for z in zones]
+    if preferred not in names:
+        from infra.errors import unknown
+
+        raise unknown("zone", preferred, names)
+    up_zones = [z.name for z in zones if str(z.status or "UP") != "DOWN"]
+    return _zone_order(preferred, up_zones)
+
+
+def _offers(compute, zone: str, spec) -> bool:
+    from google.api_core import exceptions as gexc
+
+    try:
+        if spec.gpu is not None:
+            compute.accelerator_types.get(project=compute.project, zone=zone, accelerator_type=spec.gpu.api)
+        if spec.gpu is None or spec.gpu.attach == "machine-type":
+            compute.machine_types.get(project=compute.project, zone=zone, machine_type=spec.machine_type)
+    except gexc.NotFound:
+        return False
+    return True
+
+
+def _quota_room(compute, region: str, spec) -> float | None:
+    """GPUs left under the regional quota, or None when the API does not tell."""
+    if spec.gpu is None:
+        return None
+    metric = ("PREEMPTIBLE_" if spec.spot else "") + spec.gpu.quota_metric
+    try:
+        reg = compute.regions.get(project=compute.project, region=region)
+    except Exception:
+        return None
+    for q in reg.quotas:
+        if q.metric == metric:
+            return q.limit - q.usage
+    return None
+
+
+def _create(compute, settings, spec, name, extra, pub, key_path, say) -> Vm:
+    queue = _candidate_zones(compute, settings.zone)
+    tried: list[str] = []
+    dead_regions: set[str] = set()
+    room: dict[str, float | None] = {}
+    attempts = 0
+    what = spec.gpu_label
+    while queue and attempts < MAX_ZONE_ATTEMPTS:
+        zone = queue.pop(0)
+        region = zone.rsplit("-", 1)[0]
+        if region in dead_regions:
+            continue
+        if not _offers(compute, zone, spec):
+            if zone == settings.zone:
+                say(f"{zone} does not offer {what}; looking in other zones")
+            continue
+        if region not in room:
+            room[region] = _quota_room(compute, region, spec)
+            if room[region] is not None and room[region] < spec.count:
+                dead_regions.add(region)
+                tried.append(f"{region}: quota {spec.gpu.quota_metric} has room for {room[region]:g}")
+                say(f"{region}: GPU quota too small ({room[region]:g} left); trying another region")
+                continue
+        attempts += 1
+        try:
+            return _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, say)
+        except Failure as failure:
+            tried.append(f"{zone}: {failure.code}")
+            if failure.kind == FATAL:
+                raise CloudError(f"cannot create {name} in {zone}: {failure}", hint=_hint(failure)) from None
+            if failure.kind == REGION:
+                dead_regions.add(region)
+                say(f"{region}: {failure.code} ({failure.quota_metric or 'regional quota'}); trying another region")
+            else:
+                say(f"{zone}: {failure.code}; trying the next zone")
+            if failure.zones_available:
+                hinted = [z for z in failure.zones_available if z in queue]
+                queue = hinted + [z for z in queue if z not in hinted]
+    raise CloudError(f"could not create {name} ({what}) in any zone tried: " + "; ".join(tried or ["no zone offers it"]),
+                     hint="try another --gpu or --zone, --spot, or later")
+
+
+def _hint(failure: Failure) -> str:
+    text = f"{failure.code} {failure.message} {failure.quota_metric or ''}"
+    if "GPUS_ALL_REGIONS" in text:
+        return ("the project's global GPU quota (GPUS_ALL_REGIONS) is too small: request an increase at "
+                "https://console.cloud.google.com/iam-admin/quotas (often 0 on new projects)")
+    if failure.code == "AUTH":
+        return "run `gcloud auth application-default login`"
+    if "PERMISSION" in text.upper() or "forbidden" in text.lower():
+        return "your account needs roles/compute.instanceAdmin.v1 and roles/iam.serviceAccountUser on the project"
+    if "not supported" in text or "not found" in text.lower():
+        return "see `ferry gpus` for what exists; check --zone and the template's image"
+    return "nothing was left running"
+
+
+def _insert(compute, zone, instance, request_id):
+    """instances.insert, retrying transient HTTP errors with the same requestId (idempotent)."""
+    from google.api_core import exceptions as gexc
+
+    from google.cloud import compute_v1
+
+    request = compute_v1.InsertInstanceRequest(project=compute.project, zone=zone, instance_resource=instance,
+                                               request_id=request_id)
+    delay = compute.pacing.poll_s
+    for attempt in range(4):
+        try:
+            return compute.instances.insert(request=request)
+        except (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError, gexc.GatewayTimeout) as exc:
+            if attempt == 3:
+                raise from_exception(exc, zone) from None
+            time.sleep(delay)
+            delay *= 2
+        except gexc.GoogleAPICallError as exc:
+            raise from_exception(exc, zone) from None
+
+
+def _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, say) -> Vm:
+    body = render.body(spec, name=name, zone=zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(pub),
+                       extra_labels=extra)
+    instance = render.instance(body)
+    say(f"creating {name} ({spec.gpu_label}, {spec.machine_type}) in {zone}")
+    started = False
+    try:
+        started = True
+        op = _insert(compute, zone, instance, str(uuid.uuid4()))
+        for w in getattr(op, "warnings", None) or []:
+            say(f"warning: {w.code}: {w.message}")
+        wait(compute, op, zone, what=f"creating {name}")
+        state.remember(settings, name, zone=zone, created=datetime.now(timezone.utc).isoformat())
+        vm = _wait_ready(compute, settings, name, zone, key_path, say, settle=True)
+        vm.created = True
+        state.remember(settings, name, zone=zone, host_key=vm.host_key, created=vm.created_at.isoformat() if vm.created_at else None)
+        return vm
+    except BaseException as exc:
+        if started:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, Failure) else "failed")
+            _cleanup(compute, settings, zone, name, reason, say)
+        raise
+
+
+def _cleanup(compute, settings, zone, name, reason, say) -> None:
+    """Delete the VM this `up` was creating; a second Ctrl-C must not leak it, so SIGINT waits."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        say(f"{reason}: deleting {name} in {zone} (Ctrl-C is ignored until it is gone)")
+        _delete_and_wait(compute, zone, name)
+        state.forget(settings, name)
+    except Exception as exc:  # we tried; say exactly what may be left
+        say(f"warning: could not delete {name} in {zone}: {exc}; run `ferry down {name}`")
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -> Vm:
+    """Until the VM is RUNNING, publishes its host key, answers SSH with it, and (new VMs) has
+    stayed RUNNING for pacing.settle_s. A VM that stops meanwhile is a stockout (Failure ZONE)."""
+    from google.api_core import exceptions as gexc
+
+    from infra import ssh
+
+    pacing = compute.pacing
+    start = time.monotonic()
+    deadline = start + pacing.ssh_timeout_s
+    running_since = None
+    host_key = port = None
+    ssh_ok = False
+    last = ""
+    while True:
+        try:
+            inst = compute.instances.get(project=compute.project, zone=zone, instance=name)
+        except gexc.NotFound:
+            raise Failure("zone", "STOCKOUT", f"{name} disappeared just after creation", zone) from None
+        if inst.status in GONE_STATES:
+            message = inst.status_message or "no reason given"
+            raise Failure("zone", "STOCKOUT", f"{name} went {inst.status} just after creation ({message})", zone)
+        if inst.status == "RUNNING":
+            running_since = running_since or time.monotonic()
+            if host_key is None:
+                host_key = ssh.host_key_from_guest(compute, zone, name)
+                if host_key:
+                    port = ssh.port_from_guest(compute, zone, name)
+            vm = vm_from_instance(inst, settings, key_path, host_key=host_key, port=port or 22)
+            if vm.host and host_key and not ssh_ok:
+                try:
+                    ssh.probe(vm, timeout=min(ssh.CONNECT_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
+                    ssh_ok = True
+                except ssh.SshNotReady as exc:
+                    last = str(exc)
+            if ssh_ok and (not settle or time.monotonic() - running_since >= pacing.settle_s):
+                return vm
+        elapsed = time.monotonic() - start
+        if time.monotonic() > deadline:
+            stage = "SSH" if host_key else ("its host key" if inst.status == "RUNNING" else "RUNNING")
+            raise CloudError(f"{name} in {zone} did not get to {stage} within {pacing.ssh_timeout_s:.0f} s"
+                             + (f" (last: {last})" if last else ""),
+                             hint="check that the network's firewall allows tcp:22 and that guest attributes are enabled")
+        step = "answering SSH" if ssh_ok else ("waiting for SSH" if host_key else "waiting for its host key")
+        say(f"{name} in {zone}: {inst.status}, {step if inst.status == 'RUNNING' else 'booting'} ({elapsed:.0f} s)"
+            + (f" - {last}" if last and not ssh_ok else ""))
+        time.sleep(pacing.ssh_poll_s)
+
+
+# --------------------------------------------------------------------------- read
+def _last(url: str) -> str:
+    return (url or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _ts(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, host_key=None, port=22) -> Vm:
+    cat = catalog.load()
+    machine = _last(inst.machine_type)
+    gpu, count = None, 0
+    if inst.guest_accelerators:
+        acc = inst.guest_accelerators[0]
+        gpu, count = cat.by_api(_last(acc.accelerator_type)), acc.accelerator_count
+    else:
+        found = cat.by_machine_type(machine)
+        if found:
+            gpu, count = found
+    sched = inst.scheduling
+    spot = getattr(sched.provisioning_model, "name", str(sched.provisioning_model)) == "SPOT" or sched.provisioning_model == "SPOT"
+    created = _ts(inst.creation_timestamp)
+    started = _ts(getattr(inst, "last_start_timestamp", "")) or created
+    auto_delete = None
+    try:
+        auto_delete = _ts(inst.resource_status.scheduling.termination_timestamp)
+    except AttributeError:
+        pass
+    if auto_delete is None and "max_run_duration" in sched and started:
+        auto_delete = started + timedelta(seconds=sched.max_run_duration.seconds)
+    host = None
+    for nic in inst.network_interfaces:
+        for ac in nic.access_configs:
+            host = host or ac.nat_i_p or None
+    return Vm(
+        name=inst.name, zone=_last(inst.zone), project=settings.project, host=host, port=int(port or 22),
+        user=keys.SSH_USER, key_path=Path(key_path or keys.key_path(settings.home)), host_key=host_key,
+        gpu=gpu.name if gpu else None, gpu_count=int(count), machine_type=machine,
+        price_per_hour=cat.price(gpu, count, machine, spot), auto_delete_at=auto_delete,
+        labels=dict(inst.labels), status=str(inst.status), created_at=created, spot=spot,
+    )
+
+
+def _aggregated(compute, filt: str):
+    from google.cloud import compute_v1
+
+    request = compute_v1.AggregatedListInstancesRequest(project=compute.project, filter=filt)
+    return compute.instances.aggregated_list(request=request)
+
+
+def _find(compute, settings: Settings, name: str):
+    """The instance called NAME in any zone (state's zone first), or None."""
+    from google.api_core import exceptions as gexc
+
+    remembered = state.recall(settings, name)
+    if remembered and remembered.get("zone"):
+        try:
+            return compute.instances.get(project=compute.project, zone=remembered["zone"], instance=name)
+        except gexc.NotFound:
+            state.forget(settings, name)
+    for _, scoped in _aggregated(compute, f"name = {name}"):
+        for inst in scoped.instances:
+            if inst.name == name:
+                return inst
+    return None
+
+
+def get(settings: Settings, name: str) -> Vm | None:
+    """Our VM NAME (with its pinned host key and port when RUNNING), or None."""
+    from infra import clients, ssh
+
+    compute = clients.compute(settings)
+    inst = _find(compute, settings, name)
+    if inst is None or dict(inst.labels).get(render.MANAGED_BY) != "ferry":
+        return None
+    zone = _last(inst.zone)
+    host_key, port = None, 22
+    if inst.status == "RUNNING":
+        host_key = ssh.host_key_from_guest(compute, zone, name)
+        port = ssh.port_from_guest(compute, zone, name) if host_key else 22
+    return vm_from_instance(inst, settings, host_key=host_key, port=port)
+
+
+def list_vms(settings: Settings, *, mine_only: bool = False) -> list[Vm]:
+    """Our VMs in every zone, found by label (managed-by=ferry)."""
+    from infra import clients
+
+    compute = clients.compute(settings)
+    filt = f"labels.{render.MANAGED_BY} = ferry"
+    if mine_only:
+        filt += f" AND labels.{render.LABEL_OWNER} = {owner()}"
+    out = []
+    for _, scoped in _aggregated(compute, filt):
+        for inst in scoped.instances:
+            labels = dict(inst.labels)
+            if labels.get(render.MANAGED_BY) == "ferry" and (not mine_only or labels.get(render.LABEL_OWNER) == owner()):
+                out.append(vm_from_instance(inst, settings))
+    return sorted(out, key=lambda v: (v.zone, v.name))
+
+
+# --------------------------------------------------------------------------- delete
+def _delete_and_wait(compute, zone: str, name: str) -> bool:
+    """Delete NAME in ZONE and wait until gone; False when it was already gone."""
+    from google.api_core import exceptions as gexc
+
+    deadline = time.monotonic() + compute.pacing.op_timeout_s
+    while True:
+        try:
+            op = compute.instances.delete(project=compute.project, zone=zone, instance=name)
+        except gexc.NotFound:
+            return False
+        except (gexc.BadRequest, gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.Conflict) as exc:
+            # e.g. resourceNotReady while an insert is still running: try again shortly
+            if time.monotonic() > deadline:
+                raise from_exception(exc, zone) from None
+            time.sleep(max(compute.pacing.poll_s, 0.2))
+            continue
+        try:
+            wait(compute, op, zone, what=f"deleting {name}")
+        except Failure as failure:
+            if "notFound" in failure.code or "RESOURCE_NOT_FOUND" in failure.code:
+                return False
+            raise CloudError(f"deleting {name} in {zone} failed: {failure}") from None
+        return True
+
+
+def delete(settings: Settings, name: str, zone: str | None = None) -> bool:
+    """Delete our VM NAME; True if deleted, False if it was already gone. Not ours: UsageError."""
+    results = delete_many(settings, [(name, zone)])
+    return results[name]
+
+
+def delete_many(settings: Settings, targets: list, progress: Progress | None = None) -> dict:
+    """Delete several VMs at once: [(name, zone|None)] -> {name: deleted?}. Issues every delete
+    first, then waits on each operation (VMs go in parallel)."""
+    from google.api_core import exceptions as gexc
+
+    from infra import clients
+
+    say = progress or (lambda message: None)
+    compute = clients.compute(settings)
+    pending, results = [], {}
+    for name, zone in targets:
+        templates.check_vm_name(name)
+        if zone is None:
+            inst = _find(compute, settings, name)
+            if inst is None:
+                results[name] = False
+                state.forget(settings, name)
+                continue
+            if dict(inst.labels).get(render.MANAGED_BY) != "ferry":
+                raise UsageError(f"VM {name} in {_last(inst.zone)} is not managed by ferry; not deleting it")
+            zone = _last(inst.zone)
+        say(f"deleting {name} in {zone}")
+        try:
+            op = compute.instances.delete(project=compute.project, zone=zone, instance=name)
+            pending.append((name, zone, op))
+        except gexc.NotFound:
+            results[name] = False
+            state.forget(settings, name)
+        except gexc.GoogleAPICallError:
+            pending.append((name, zone, None))  # retry through the patient path below
+    for name, zone, op in pending:
+        if op is None:
+            results[name] = _delete_and_wait(compute, zone, name)
+        else:
+            try:
+                wait(compute, op, zone, what=f"deleting {name}")
+                results[name] = True
+            except Failure as failure:
+                raise CloudError(f"deleting {name} in {zone} failed: {failure}") from None
+        state.forget(settings, name)
+    return results

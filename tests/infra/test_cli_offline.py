@@ -1,0 +1,103 @@
+"""The CLI without any cloud: bad input is one line and exit 2, dry runs need no credentials,
+missing credentials are one line, and the fast commands stay fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(capsys, *argv):
+    rc = cli.run_cli(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def no_credentials_allowed(monkeypatch):
+    """Fail the test if anything asks for Google credentials."""
+    import google.auth
+
+    def refuse(*a, **k):
+        raise AssertionError("credentials were looked up")
+
+    monkeypatch.setattr(google.auth, "default", refuse)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["up", "--gpu", "tt4"], "unknown GPU 'tt4' (did you mean: t4?"),
+    (["up", "--gpu", "t4:3"], "invalid GPU count 3 for t4 (valid counts: 1, 2, 4)"),
+    (["up", "--gpu", "t4:two"], "invalid GPU count 'two'"),
+    (["up", "--name", "My_VM"], "invalid VM name 'My_VM'"),
+    (["up", "--template", "nope"], "unknown template 'nope'"),
+    (["up", "--max-hours", "0"], "invalid --max-hours 0"),
+    (["--zone", "mars", "up"], "invalid zone 'mars'"),
+    (["down", "Bad_Name"], "invalid VM name"),
+    (["down", "vm-1", "--all"], "not both"),
+    (["--backend", "gcp", "--project", "p", "up", "--gpu", "k80"], "end of life on Compute Engine on 2024-05-01"),
+])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(capsys, isolated_env, no_credentials_allowed, argv, match):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and match in errors[0], err
+    assert not (isolated_env / "local").exists()  # no local service started, nothing created
+
+
+def test_k80_on_gcp_names_the_successor_and_its_price(capsys, isolated_env, no_credentials_allowed):
+    rc, _, err = run(capsys, "--backend", "gcp", "--project", "p", "up", "--gpu", "k80", "--dry-run")
+    assert rc == 2
+    assert "closest current GPU is t4" in err and "$0.35/h per GPU" in err and "--gpu t4" in err
+
+
+def test_dry_run_on_gcp_needs_no_credentials(capsys, isolated_env, no_credentials_allowed):
+    rc, out, err = run(capsys, "--project", "my-proj", "--zone", "europe-west4-a", "--json",
+                       "up", "--gpu", "v100:2", "--spot", "--max-hours", "2", "--dry-run")
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["dry_run"] is True and plan["project"] == "my-proj" and plan["zone"] == "europe-west4-a"
+    body = plan["instance"]
+    assert body["machineType"] == "zones/europe-west4-a/machineTypes/n1-standard-16"
+    assert body["guestAccelerators"][0]["acceleratorCount"] == 2
+    assert body["scheduling"]["provisioningModel"] == "SPOT"
+    assert body["scheduling"]["maxRunDuration"] == {"seconds": "7200"}
+    assert plan["max_cost"] == pytest.approx(plan["price_per_hour"] * 2, abs=0.01)
+    assert any(c.startswith("POST projects/my-proj/zones/europe-west4-a/instances") for c in plan["calls"])
+    rc, out, _ = run(capsys, "--project", "my-proj", "--json", "down", "some-vm", "--dry-run")
+    assert rc == 0 and json.loads(out)["vms"] == [{"name": "some-vm", "result": "would delete"}]
+
+
+def test_human_dry_run_prints_body_calls_and_cost(capsys, isolated_env, no_credentials_allowed):
+    rc, out, err = run(capsys, "--project", "p", "up", "--template", "l4", "--dry-run")
+    assert rc == 0, err
+    assert "g2-standard-4" in out and "$0.71/h" in out and "instances.insert" in out and '"maxRunDuration"' in out
+
+
+def test_missing_credentials_on_gcp_is_one_line_exit_3(capsys, isolated_env):
+    rc, out, err = run(capsys, "--project", "my-proj", "status")
+    assert rc == 3
+    assert err.strip().count("\n") == 0 and "gcloud auth application-default login" in err
+
+
+def test_gpus_json_parses(capsys, isolated_env):
+    rc, out, _ = run(capsys, "--json", "gpus")
+    assert rc == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["k80"]["end_of_life"] == "2024-05-01" and rows["k80"]["successor"] == "t4"
+    assert rows["t4"]["vm_price_per_hour"] == pytest.approx(0.54, abs=0.01)
+    assert all(r["price_date"] and r["price_source"] for r in rows.values())
+
+
+def test_help_and_gpus_do_not_import_compute_v1(isolated_env):
+    code = ("import sys, cli; cli.run_cli(['gpus']); cli.run_cli(['up', '--gpu', 'k80', '--dry-run']);"
+            "assert 'google.cloud.compute_v1' not in sys.modules, 'compute_v1 imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
