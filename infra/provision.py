@@ -399,7 +399,7 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
     start = time.monotonic()
     deadline = start + pacing.ssh_timeout_s
     running_since = None
-    host_key = port = None
+    host_key = port = login_user = None
     ssh_ok = False
     last = ""
     while True:
@@ -415,8 +415,8 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
             if host_key is None:
                 host_key = ssh.host_key_from_guest(compute, zone, name)
                 if host_key:
-                    port = ssh.port_from_guest(compute, zone, name)
-            vm = vm_from_instance(inst, settings, key_path, host_key=host_key, port=port or 22)
+                    port, login_user = ssh.login_from_guest(compute, zone, name)
+            vm = vm_from_instance(inst, settings, key_path, host_key=host_key, port=port or 22, user=login_user)
             if vm.host and host_key and not ssh_ok:
                 try:
                     ssh.probe(vm, timeout=min(ssh.CONNECT_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
@@ -451,7 +451,8 @@ def _ts(text: str | None) -> datetime | None:
         return None
 
 
-def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, host_key=None, port=22) -> Vm:
+def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, host_key=None, port=22,
+                     user: str | None = None) -> Vm:
     cat = catalog.load()
     machine = _last(inst.machine_type)
     gpu, count = None, 0
@@ -479,7 +480,7 @@ def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, 
             host = host or ac.nat_i_p or None
     return Vm(
         name=inst.name, zone=_last(inst.zone), project=settings.project, host=host, port=int(port or 22),
-        user=keys.SSH_USER, key_path=Path(key_path or keys.key_path(settings.home)), host_key=host_key,
+        user=user or keys.SSH_USER, key_path=Path(key_path or keys.key_path(settings.home)), host_key=host_key,
         gpu=gpu.name if gpu else None, gpu_count=int(count), machine_type=machine,
         price_per_hour=cat.price(gpu, count, machine, spot), auto_delete_at=auto_delete,
         labels=dict(inst.labels), status=str(inst.status), created_at=created, spot=spot,
@@ -519,11 +520,12 @@ def get(settings: Settings, name: str) -> Vm | None:
     if inst is None or dict(inst.labels).get(render.MANAGED_BY) != "ferry":
         return None
     zone = _last(inst.zone)
-    host_key, port = None, 22
+    host_key, port, user = None, 22, None
     if inst.status == "RUNNING":
         host_key = ssh.host_key_from_guest(compute, zone, name)
-        port = ssh.port_from_guest(compute, zone, name) if host_key else 22
-    return vm_from_instance(inst, settings, host_key=host_key, port=port)
+        if host_key:
+            port, user = ssh.login_from_guest(compute, zone, name)
+    return vm_from_instance(inst, settings, host_key=host_key, port=port, user=user)
 
 
 def list_vms(settings: Settings, *, mine_only: bool = False) -> list[Vm]:

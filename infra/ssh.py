@@ -2,8 +2,8 @@
 
 The host key comes from the VM itself through the Compute Engine API (guest attributes
 `hostkeys/ssh-ed25519`, published by the guest environment; `enable-guest-attributes=TRUE`
-in the VM's metadata), the port from guest attribute `ssh/port` (22 when absent, as on real
-GCE), the host from the instance's natIP. A server presenting any other key is refused.
+in the VM's metadata), the port and user from guest attributes `ssh/port` and `ssh/user` (22 and
+ferry's user when absent, as on real GCE), the host from the instance's natIP. A server presenting any other key is refused.
 """
 
 from __future__ import annotations
@@ -58,17 +58,22 @@ def host_key_from_guest(compute, zone: str, name: str) -> str | None:
     return None
 
 
-def port_from_guest(compute, zone: str, name: str) -> int:
+def login_from_guest(compute, zone: str, name: str) -> tuple[int, str | None]:
+    """(port, user) from guest attributes `ssh/port` and `ssh/user`: (22, None) when absent, as on
+    real GCE. The local backend publishes them (its VMs listen on their own ports; an OpenSSH-mode
+    local VM logs in only the OS user that runs the service)."""
     from google.api_core import exceptions as gexc
 
     try:
-        attr = _guest(compute, zone, name, variable_key="ssh/port")
+        attrs = _guest(compute, zone, name, query_path="ssh/")
     except (gexc.NotFound, gexc.BadRequest):
-        return 22
+        return 22, None
+    found = {item.key: item.value for item in attrs.query_value.items if item.namespace == "ssh"}
     try:
-        return int(attr.variable_value)
-    except (TypeError, ValueError):
-        return 22
+        port = int(found.get("port") or 22)
+    except ValueError:
+        port = 22
+    return port, (found.get("user") or None)
 
 
 def connect(vm, *, timeout: float = CONNECT_TIMEOUT_S):
@@ -82,7 +87,8 @@ def connect(vm, *, timeout: float = CONNECT_TIMEOUT_S):
     if not vm.host_key:
         raise SshNotReady(f"no host key known for {vm.name}: refusing to connect to an unverified server")
     key_type, blob = vm.host_key.split()[:2]
-    config = fabric.Config(ssh_config=paramiko.SSHConfig())  # ignore ~/.ssh/config: we know the VM exactly
+    # Ignore ~/.ssh/config (we know the VM exactly); remote commands never read the user's stdin.
+    config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={"run": {"in_stream": False}})
     conn = fabric.Connection(
         host=vm.host,
         user=vm.user,
