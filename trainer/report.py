@@ -1,0 +1,79 @@
+"""What every job writes into --out: metrics.jsonl (one object per epoch, appended and
+flushed as it happens) and summary.json; and one flushed progress line per epoch on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+LIBRARIES = ("numpy", "scikit-learn", "pillow", "numba", "cupy", "cupy-cuda12x", "tensorflow")
+
+
+class Run:
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics = open(self.out / "metrics.jsonl", "w", encoding="utf-8")
+        except OSError as e:
+            from trainer.errors import TrainerError
+            raise TrainerError(f"--out {out}: cannot write there ({e.strerror})") from None
+        self.started = time.time()
+        self.records: list[dict] = []
+
+    def epoch(self, record: dict, line: str) -> None:
+        self.records.append(record)
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        say(line)
+
+    def summary(self, summary: dict) -> dict:
+        self.metrics.close()
+        summary = {**summary, "total_seconds": round(time.time() - self.started, 3),
+                   "libraries": versions(), "hardware": hardware(summary.get("gpu"))}
+        path = self.out / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return summary
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware(gpu: str | None = None) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in open("/proc/meminfo", encoding="utf-8"):
+            if line.startswith("MemTotal"):
+                memory = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "memory_gib": memory, "gpu": gpu,
+            "platform": platform.platform(), "executable": sys.executable}
