@@ -7,6 +7,9 @@ Gaps of gcp-storage-emulator and what we do:
 - ignores generation preconditions: `ifGenerationMatch` is enforced here on object uploads
   (media, multipart, resumable start), downloads/gets and deletes: `0` = create only if absent,
   N = only if the live generation is N; otherwise 412 conditionNotMet, as GCS answers.
+- stores object content at paths made from object names, so names GCS accepts but a file
+  system does not (`runs/x/../y`, `a//b`, a leading `/`, over 255 bytes a segment) are refused
+  or collide: content is kept here under a digest of the name (`_NameSafeStorage`).
 - NOT closed: `compose` onto a destination that was reloaded fails; `ifMetagenerationMatch` and
   `ifGenerationNotMatch` are ignored; no object versioning.
 Data persists under the directory given (ferry uses `<home>/local/storage`), never the cwd.
@@ -14,6 +17,7 @@ Data persists under the directory given (ferry uses `<home>/local/storage`), nev
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -125,6 +129,14 @@ class _Handler(gse.RequestHandler):
         pass
 
 
+class _NameSafeStorage(Storage):
+    """Content of object NAME lives at `<bucket>/<sha256(NAME)>`: every name GCS allows is stored
+    as itself, and no name can reach outside the data directory."""
+
+    def _object_path(self, bucket_name, file_name):
+        return f"{bucket_name}/{hashlib.sha256(file_name.encode('utf-8')).hexdigest()}"
+
+
 class StorageServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -132,7 +144,7 @@ class StorageServer(ThreadingHTTPServer):
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 0, request_log=None, faults=None):
         data_dir = Path(data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(data_dir=str(data_dir))
+        self.storage = _NameSafeStorage(data_dir=str(data_dir))
         self.lock = threading.RLock()
         self.request_log = request_log
         self.faults = faults
