@@ -401,6 +401,7 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
     running_since = None
     host_key = port = login_user = None
     ssh_ok = False
+    said = ""
     last = ""
     while True:
         try:
@@ -432,8 +433,11 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
                              + (f" (last: {last})" if last else ""),
                              hint="check that the network's firewall allows tcp:22 and that guest attributes are enabled")
         step = "answering SSH" if ssh_ok else ("waiting for SSH" if host_key else "waiting for its host key")
-        say(f"{name} in {zone}: {inst.status}, {step if inst.status == 'RUNNING' else 'booting'} ({elapsed:.0f} s)"
-            + (f" - {last}" if last and not ssh_ok else ""))
+        message = (f"{name} in {zone}: {inst.status}, {step if inst.status == 'RUNNING' else 'booting'} ({elapsed:.0f} s)"
+                   + (f" - {last}" if last and not ssh_ok else ""))
+        if message != said:  # polls are fast; say each state once (and once a second while it lasts)
+            say(message)
+            said = message
         time.sleep(pacing.ssh_poll_s)
 
 
