@@ -9,6 +9,10 @@ one code path for `gcp` and `local`.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
+import sys
 from dataclasses import dataclass, field
 
 from infra.errors import CloudError
@@ -29,6 +33,49 @@ class Pacing:
 
 GCP_PACING = Pacing(poll_s=2.0, op_timeout_s=300.0, settle_s=15.0, ssh_timeout_s=300.0, ssh_poll_s=3.0)
 LOCAL_PACING = Pacing(poll_s=0.03, op_timeout_s=60.0, settle_s=0.5, ssh_timeout_s=30.0, ssh_poll_s=0.1)
+
+
+_COMPUTE_V1 = "google.cloud.compute_v1"
+
+
+def compute_api():
+    """The official `google.cloud.compute_v1` package, loading only what is used.
+
+    Its `__init__` imports all ~100 service clients (~1 s); ferry uses a handful. Unless the
+    package is already imported, this registers it without running that `__init__` and resolves
+    `compute_v1.<Name>Client` from `services/<name>/` and every other name from `types/` on first
+    access (PEP 562). Same classes, same wire calls; any later `from google.cloud import
+    compute_v1` gets this same module.
+    """
+    module = sys.modules.get(_COMPUTE_V1)
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec(_COMPUTE_V1)
+    if spec is None or spec.submodule_search_locations is None:  # not the layout we know
+        return importlib.import_module(_COMPUTE_V1)
+    package = importlib.util.module_from_spec(spec)
+
+    def resolve(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name.endswith("Client"):
+            service = re.sub(r"(?<!^)(?=[A-Z])", "_", name[: -len("Client")]).lower()
+            where = f"{_COMPUTE_V1}.services.{service}"
+        else:
+            where = f"{_COMPUTE_V1}.types"
+        try:
+            value = getattr(importlib.import_module(where), name)
+        except (ImportError, AttributeError):
+            raise AttributeError(f"module {_COMPUTE_V1!r} has no attribute {name!r}") from None
+        setattr(package, name, value)
+        return value
+
+    package.__getattr__ = resolve
+    sys.modules[_COMPUTE_V1] = package
+    import google.cloud
+
+    google.cloud.compute_v1 = package
+    return package
 
 
 def credentials(settings: Settings):
@@ -59,7 +106,7 @@ def endpoints(settings: Settings) -> dict:
 
 @dataclass
 class Compute:
-    """compute_v1 clients sharing one endpoint and credentials (built lazily, ~3 s import once)."""
+    """compute_v1 clients sharing one endpoint and credentials (each built on first use)."""
 
     project: str
     backend: str
@@ -70,8 +117,7 @@ class Compute:
 
     def _client(self, kind: str):
         if kind not in self._clients:
-            from google.cloud import compute_v1
-
+            compute_v1 = compute_api()
             options = {"api_endpoint": self.endpoint} if self.endpoint else None
             self._clients[kind] = getattr(compute_v1, kind)(credentials=self.creds, client_options=options)
         return self._clients[kind]

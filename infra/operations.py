@@ -79,7 +79,9 @@ def _details(entry: dict) -> tuple[list, str | None]:
 
 def from_operation(op, zone: str | None = None) -> Failure | None:
     """The operation's first error as a Failure, or None when it succeeded."""
-    from google.cloud import compute_v1
+    from infra.clients import compute_api
+
+    compute_v1 = compute_api()
 
     data = compute_v1.Operation.to_dict(op)
     errors = ((data.get("error") or {}).get("errors")) or []

@@ -332,7 +332,9 @@ def _insert(compute, zone, instance, request_id):
     """instances.insert, retrying transient HTTP errors with the same requestId (idempotent)."""
     from google.api_core import exceptions as gexc
 
-    from google.cloud import compute_v1
+    from infra.clients import compute_api
+
+    compute_v1 = compute_api()
 
     request = compute_v1.InsertInstanceRequest(project=compute.project, zone=zone, instance_resource=instance,
                                                request_id=request_id)
@@ -492,7 +494,9 @@ def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, 
 
 
 def _aggregated(compute, filt: str):
-    from google.cloud import compute_v1
+    from infra.clients import compute_api
+
+    compute_v1 = compute_api()
 
     request = compute_v1.AggregatedListInstancesRequest(project=compute.project, filter=filt)
     return compute.instances.aggregated_list(request=request)

@@ -85,6 +85,8 @@ def body(spec: Spec, *, name: str, zone: str, owner: str, ssh_keys: str, extra_l
 
 def instance(body_dict: dict):
     """The body as a `compute_v1.Instance` (unknown fields are an error, not silently lost)."""
-    from google.cloud import compute_v1
+    from infra.clients import compute_api
+
+    compute_v1 = compute_api()
 
     return compute_v1.Instance.from_json(json.dumps(body_dict))

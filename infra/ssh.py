@@ -37,7 +37,9 @@ def parse_host_key(key_type: str, value: str) -> str:
 
 
 def _guest(compute, zone: str, name: str, **query):
-    from google.cloud import compute_v1
+    from infra.clients import compute_api
+
+    compute_v1 = compute_api()
 
     request = compute_v1.GetGuestAttributesInstanceRequest(project=compute.project, zone=zone, instance=name, **query)
     return compute.instances.get_guest_attributes(request=request)
