@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infra.local.vm.processes import alive  # noqa: E402
 
 TARGETS = {"service cold start": 1.0, "insert -> RUNNING": None, "insert -> SSH-ready": 1.0,
            "command over SSH": None, "delete -> all processes gone": 1.0, "service stop": None}
@@ -35,15 +36,6 @@ def _key(tmp: Path):
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
     path.chmod(0o600)
     return path, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] != b"Z"
-    except OSError:
-        return False
 
 
 def one_run(vm_runtime: str, commands: int) -> dict[str, list[float]]:
@@ -95,7 +87,7 @@ def one_run(vm_runtime: str, commands: int) -> dict[str, list[float]]:
             conn.close()
             t0 = time.perf_counter()
             wait_operation(cloud, instances.delete(project="ferry-local", zone="us-central1-a", instance="bench-1"), poll_s=ops_poll)
-            while any(_alive(p) for p in pids):
+            while any(alive(p) for p in pids):
                 time.sleep(0.005)
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from infra.errors import CloudError, UsageError
 from infra.settings import Settings
+from infra.times import parse_time
 
 CONFIRM_OVER_USD = 25.0     # `up` asks before a VM whose run-time limit could cost more
 HEARTBEAT_FRESH_S = 120     # a run is live while its heartbeat is younger than this
@@ -304,7 +305,7 @@ def run_liveness(settings: Settings, run_ids: set, now: datetime) -> dict:
             raise CloudError(f"cannot read gs://{settings.bucket}/runs/{run_id}/status.json: {exc.message}",
                              hint="nothing was deleted") from None
         state = str(data.get("state", "")).lower()
-        beat = _parse_time(data.get("heartbeat") or data.get("updated"))
+        beat = parse_time(data.get("heartbeat") or data.get("updated"))
         age = None if beat is None else (now - beat).total_seconds()
         if state not in LIVE_STATES:
             out[run_id] = (False, f"run {state or 'unknown'}")
@@ -313,18 +314,6 @@ def run_liveness(settings: Settings, run_ids: set, now: datetime) -> dict:
         else:
             out[run_id] = (True, f"run {state}, heartbeat {_dur(age)} ago")
     return out
-
-
-def _parse_time(value) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, timezone.utc)
-    try:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def orphans(settings: Settings, vms: list, now: datetime | None = None) -> list:

@@ -25,6 +25,7 @@ from infra import catalog, keys, render, state, templates
 from infra.errors import CloudError, UsageError
 from infra.operations import FATAL, REGION, Failure, from_exception, wait
 from infra.settings import Settings, owner
+from infra.times import parse_time
 
 MAX_ZONE_ATTEMPTS = 8
 GONE_STATES = ("TERMINATED", "STOPPING", "STOPPED", "SUSPENDING", "SUSPENDED", "REPAIRING")
@@ -448,15 +449,6 @@ def _last(url: str) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-def _ts(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, host_key=None, port=22,
                      user: str | None = None) -> Vm:
     cat = catalog.load()
@@ -471,11 +463,11 @@ def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, 
             gpu, count = found
     sched = inst.scheduling
     spot = getattr(sched.provisioning_model, "name", str(sched.provisioning_model)) == "SPOT" or sched.provisioning_model == "SPOT"
-    created = _ts(inst.creation_timestamp)
-    started = _ts(getattr(inst, "last_start_timestamp", "")) or created
+    created = parse_time(inst.creation_timestamp)
+    started = parse_time(getattr(inst, "last_start_timestamp", "")) or created
     auto_delete = None
     try:
-        auto_delete = _ts(inst.resource_status.scheduling.termination_timestamp)
+        auto_delete = parse_time(inst.resource_status.scheduling.termination_timestamp)
     except AttributeError:
         pass
     if auto_delete is None and "max_run_duration" in sched and started:

@@ -14,6 +14,8 @@ import secrets
 import string
 from datetime import datetime, timezone
 
+from infra.times import parse_time
+
 STATES = ("provisioning", "syncing", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
 FINAL = ("succeeded", "failed", "cancelled", "preempted", "lost")
 RUN_ID_RE = re.compile(r"^(?P<job>[a-z0-9][a-z0-9-]*)-(?P<ts>\d{8}-\d{6})-(?P<rand>[a-z0-9]{4})$")
@@ -27,15 +29,6 @@ def utcnow() -> datetime:
 
 def iso(t: datetime | None = None) -> str:
     return (t or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def new_run_id(job: str, now: datetime | None = None) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from infra.errors import CloudError
+from infra.local.vm import processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
@@ -60,20 +61,9 @@ def _alive(pid: int | None) -> bool:
         return False
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
-    except ChildProcessError:
-        pass
     except OSError:
         pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
-    except (OSError, ValueError):
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
+    return processes.alive(pid)
 
 
 def _health(control_url: str, timeout: float = 1.0) -> dict | None:

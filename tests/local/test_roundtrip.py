@@ -15,6 +15,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from infra.local.testing import instance_resource, wait_operation
+from infra.local.vm.processes import alive
 
 P, Z = "ferry-local", "us-central1-a"
 
@@ -75,15 +76,6 @@ def port_refuses(port: int) -> bool:
         return True
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] != b"Z"
-    except OSError:
-        return False
-
-
 def vm_pids(cloud, name: str) -> list[int]:
     return next(i["pids"] for i in cloud.control.instances() if i["name"] == name)
 
@@ -110,7 +102,7 @@ def test_gpu_vm_round_trip(vm_cloud, instances, client_key):
 
     conn.run("nohup sleep 300 >/dev/null 2>&1 &")  # a process that would outlive a sloppy delete
     pids = vm_pids(vm_cloud, "rt-1")
-    assert pids and all(pid_alive(p) for p in pids)
+    assert pids and all(alive(p) for p in pids)
     conn.close()
 
     wait_operation(vm_cloud, instances.delete(project=P, zone=Z, instance="rt-1"))
@@ -118,9 +110,9 @@ def test_gpu_vm_round_trip(vm_cloud, instances, client_key):
         instances.get(project=P, zone=Z, instance="rt-1")
     assert port_refuses(port)
     deadline = time.monotonic() + 2
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert [p for p in pids if pid_alive(p)] == []
+    assert [p for p in pids if alive(p)] == []
 
 
 def test_preempted_spot_vm_sees_the_notice_then_stops(vm_cloud, instances, client_key):

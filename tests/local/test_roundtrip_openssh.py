@@ -13,6 +13,7 @@ from infra import clients, provision, ssh
 from infra.local.testing import local_cloud
 from infra.local.vm import openssh_available
 from infra.settings import resolve
+from infra.local.vm.processes import alive
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not openssh_available(), reason="OpenSSH sshd is not installed (.ci/run installs openssh-server)")]
@@ -46,17 +47,10 @@ def test_openssh_round_trip_through_ferrys_client_path(tmp_path, monkeypatch):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", vm.port), timeout=1).close()
         deadline = time.monotonic() + 2
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert [p for p in pids if _alive(p)] == []
+        assert [p for p in pids if alive(p)] == []
         assert provision.get(settings, "ossh-1") is None
     clients.reset_cache()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] != b"Z"
-    except OSError:
-        return False

@@ -14,20 +14,12 @@ from infra.local.vm import LocalVm, VmError, VmSpec, openssh_available, processe
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest's importlib mode: no sys.path magic
 from vm_fixtures import client_key, connect, crash_service_with_vm, make_client_key, make_vm, port_refuses, wait_for  # noqa: E402,F401
+from infra.local.vm.processes import alive
 
 needs_sshd = pytest.mark.skipif(
     openssh_available() is None,
     reason="OpenSSH server (sshd) not installed: apt-get install openssh-server (CI's .ci/run does)",
 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
 @needs_sshd
@@ -67,7 +59,7 @@ def test_openssh_detached_survives_drop_and_stop_kills_everything(make_vm, clien
     vm.drop_connections()
     c.close()
     time.sleep(0.1)
-    assert _alive(detached) and detached in vm.pids()
+    assert alive(detached) and detached in vm.pids()
     with connect(vm, client_key[0], user=vm.ssh_user) as c2:  # still listening
         assert c2.run("echo back").stdout == "back\n"
         c2.client.get_transport().open_session().exec_command("sleep 1000")  # mid-command at stop
@@ -77,7 +69,7 @@ def test_openssh_detached_survives_drop_and_stop_kills_everything(make_vm, clien
         vm.stop()
         assert time.monotonic() - t0 < 1.0
     assert vm.pids() == [] and processes.find(vm.spec.marker, processes.SYSTEM_VAR) == []
-    assert not any(_alive(p) for p in before)
+    assert not any(alive(p) for p in before)
     assert port_refuses(port)
 
 
@@ -116,4 +108,4 @@ def test_openssh_leftovers_of_a_crashed_service_are_found_and_killed(tmp_path, c
     finally:
         processes.kill_all(spec.marker)
     assert port_refuses(port)
-    assert not any(_alive(p) for p in leftovers)
+    assert not any(alive(p) for p in leftovers)

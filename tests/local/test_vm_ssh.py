@@ -17,15 +17,7 @@ from infra.local.vm import LocalVm, VmError, VmSpec, parse_ssh_keys, processes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest's importlib mode: no sys.path magic
 from vm_fixtures import client_key, connect, crash_service_with_vm, make_client_key, make_vm, port_refuses, wait_for  # noqa: F401
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+from infra.local.vm.processes import alive
 
 
 def _cmdline(pid: int) -> bytes:
@@ -112,7 +104,7 @@ def test_detached_process_survives_drop_and_dies_with_stop(make_vm, client_key):
     foreground = set(vm.pids()) - {detached}
     vm.drop_connections()
     assert wait_for(lambda: len(vm.pids()) == 2, timeout=5), vm.pids()
-    assert detached in vm.pids() and _alive(detached)
+    assert detached in vm.pids() and alive(detached)
     c.close()
     with connect(vm, client_key[0]) as c2:  # the server still listens after the drop
         assert c2.run("echo back").stdout == "back\n"
@@ -121,7 +113,7 @@ def test_detached_process_survives_drop_and_dies_with_stop(make_vm, client_key):
     vm.stop()
     assert time.monotonic() - t0 < 1.0
     assert vm.pids() == [] and processes.find(vm.spec.marker) == []
-    assert not any(_alive(p) for p in survivors + list(foreground))
+    assert not any(alive(p) for p in survivors + list(foreground))
     assert port_refuses(port)
     vm.stop()  # idempotent
 
@@ -187,7 +179,7 @@ def test_host_key_persists_and_restart_kills_leftovers(tmp_path, client_key):
         vm2.start()
         try:
             assert vm2.host_key_public == key
-            assert not any(_alive(p) for p in leftover)
+            assert not any(alive(p) for p in leftover)
             assert connect(vm2, client_key[0]).run("true").exited == 0  # pinned to the same key
         finally:
             vm2.stop()
@@ -211,4 +203,4 @@ def test_leftovers_of_a_crashed_service_are_found_and_killed(tmp_path, client_ke
         assert processes.kill_all(spec.marker) == []
     finally:
         processes.kill_all(spec.marker)
-    assert not any(_alive(p) for p in leftovers)
+    assert not any(alive(p) for p in leftovers)

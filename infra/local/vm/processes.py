@@ -18,6 +18,26 @@ MARKER_VAR = "FERRY_LOCAL_VM"
 SYSTEM_VAR = "FERRY_LOCAL_VM_SYSTEM"
 
 
+def alive(pid: int | None) -> bool:
+    """Whether PID is a live process (a zombie or a dead one is not)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        if os.path.isdir("/proc"):
+            return False
+        try:  # no /proc (macOS): existence only
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
+
+
 def _protected() -> set[int]:
     """This process and its ancestors: never ours to kill, whatever their environment says."""
     out = {0, 1}
