@@ -1,5 +1,5 @@
 """Measure a local VM: start -> SSH listening, first command, command round trip over Fabric,
-SFTP put of 1 MiB, stop -> every process gone. `python -m infra.local.vm.bench [asyncssh|openssh] [-n N]`
+SFTP put of 1 MiB, stop -> every process gone. `python bench/local_vm.py [asyncssh|openssh] [-n N]`
 
 Figures go into docs/local-vms.md; noisy machines: look at medians over several runs.
 """
@@ -13,7 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import LocalVm, VmSpec, openssh_available
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infra.local.vm import LocalVm, VmSpec, openssh_available  # noqa: E402
 
 
 def _key(path: Path) -> str:
@@ -70,6 +73,9 @@ def once(mode: str, root: Path, i: int) -> dict:
     c.put(str(blob), "blob")
     out["sftp_put_1MiB"] = time.perf_counter() - t
     c.run("setsid nohup sleep 1000 >/dev/null 2>&1 & sleep 1000 >/dev/null 2>&1 & true")
+    deadline = time.monotonic() + 2  # the two sleeps start just after the command returns
+    while len(vm.pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     n = len(vm.pids())
     t = time.perf_counter()
     vm.stop()
