@@ -54,6 +54,8 @@ def unknown(kind: str, value: str, valid: Iterable[str]) -> UsageError:
     parts = []
     if close:
         parts.append("did you mean: " + ", ".join(close) + "?")
-    shown = ", ".join(valid[:20]) + (", ..." if len(valid) > 20 else "")
-    parts.append("valid: " + shown)
+    if valid:
+        parts.append("valid: " + ", ".join(valid[:20]) + (", ..." if len(valid) > 20 else ""))
+    else:
+        parts.append(f"there is no {kind} to choose from")
     return UsageError(f"unknown {kind} {value!r}", hint="; ".join(parts))

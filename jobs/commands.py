@@ -401,8 +401,11 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
     spec = templates.load(j.template)  # validated before anything is created
     ready = READY_MARKER if (not settings.is_local and ".ready" in (spec.startup_script or "")) else None
 
+    chosen = _choose_vm(settings, vm)  # read-only: a bad --vm is exit 2 before any record is written
+
     session = Session(settings, j, values, argv, run_id)
-    say(f"run {run_id}: {j.name} " + " ".join(f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v))
+    changed = [f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v]
+    say(f"run {run_id}: {' '.join([j.name, *changed])}")
     session.put_manifest()
     session.put_status("provisioning")
     created = False
@@ -413,7 +416,6 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
 
         for name in j.datasets:
             datasets.ensure(session.bucket, name, settings.home, progress=say)
-        chosen = _choose_vm(settings, vm)
         if chosen is None:
             from infra import provision
 

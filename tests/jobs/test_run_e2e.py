@@ -227,7 +227,8 @@ def test_pull_refuses_names_escaping_the_folder(cloud, tmp_path, evil):
 
 def test_bad_input_is_exit_2_before_anything_is_created(cloud):
     for args, needle in ((["run", "mnist-n"], "mnist-nn"), (["run", "mnist-nn", "--set", "epochs=zero"], "whole number"),
-                         (["run", "mnist-nn", "--set", "speed=3"], "unknown parameter")):
+                         (["run", "mnist-nn", "--set", "speed=3"], "unknown parameter"),
+                         (["run", "selftest", "--vm", "no-such-vm"], "unknown VM 'no-such-vm'")):
         r = cli(cloud, *args)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert vms() == {} and run_ids(cloud.bucket) == []
