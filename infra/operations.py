@@ -135,7 +135,7 @@ def wait(compute, operation, zone: str, *, timeout: float | None = None, what: s
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise CloudError(f"{what} {name} in {zone} did not finish within {timeout:.0f} s",
-                             hint="see `ferry status`; the VM, if any, deletes itself at its run-time limit")
+                             hint="see `python cli.py status`; the VM, if any, deletes itself at its run-time limit")
         try:
             op = compute.zone_operations.wait(project=compute.project, zone=zone, operation=name,
                                               timeout=min(remaining, 60.0))

@@ -325,7 +325,7 @@ def _hint(failure: Failure) -> str:
     if "PERMISSION" in text.upper() or "forbidden" in text.lower():
         return "your account needs roles/compute.instanceAdmin.v1 and roles/iam.serviceAccountUser on the project"
     if "not supported" in text or "not found" in text.lower():
-        return "see `ferry gpus` for what exists; check --zone and the template's image"
+        return "see `python cli.py gpus` for what exists; check --zone and the template's image"
     return "nothing was left running"
 
 
@@ -357,9 +357,7 @@ def _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, s
                        extra_labels=extra)
     instance = render.instance(body)
     say(f"creating {name} ({spec.gpu_label}, {spec.machine_type}) in {zone}")
-    started = False
     try:
-        started = True
         op = _insert(compute, zone, instance, str(uuid.uuid4()))
         for w in getattr(op, "warnings", None) or []:
             say(f"warning: {w.code}: {w.message}")
@@ -369,10 +367,9 @@ def _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, s
         vm.created = True
         state.remember(settings, name, zone=zone, host_key=vm.host_key, created=vm.created_at.isoformat() if vm.created_at else None)
         return vm
-    except BaseException as exc:
-        if started:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, Failure) else "failed")
-            _cleanup(compute, settings, zone, name, reason, say)
+    except BaseException as exc:  # whatever happened, the insert may have gone through: delete
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, Failure) else "failed")
+        _cleanup(compute, settings, zone, name, reason, say)
         raise
 
 
@@ -385,7 +382,7 @@ def _cleanup(compute, settings, zone, name, reason, say) -> None:
         _delete_and_wait(compute, zone, name)
         state.forget(settings, name)
     except Exception as exc:  # we tried; say exactly what may be left
-        say(f"warning: could not delete {name} in {zone}: {exc}; run `ferry down {name}`")
+        say(f"warning: could not delete {name} in {zone}: {exc}; run `python cli.py down {name}`")
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)

@@ -24,7 +24,7 @@ NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 FIELDS = {
     "description": "text",
-    "gpu": "a GPU name from `ferry gpus`, or none",
+    "gpu": "a GPU name from `python cli.py gpus`, or none",
     "count": "a GPU count the GPU allows",
     "machine_type": "a machine type, or null for the catalog's default",
     "image_project": "a project, e.g. deeplearning-platform-release",
