@@ -302,7 +302,7 @@ class Session:
             if self.manifest.get("vm_created_by_run") and self.vm_t0:
                 seconds = end - self.vm_t0
             else:
-                seconds = records.duration_s(self.status) or 0.0
+                seconds = records.duration_s(self.bucket_status() or self.status) or 0.0  # the job's time on it
             self.manifest["cost_estimate"] = round(price * seconds / 3600, 6)
         self.manifest["vm_deleted"] = deleted
         try:

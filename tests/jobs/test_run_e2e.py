@@ -163,6 +163,7 @@ def test_existing_vm_is_left_up_and_unchanged_code_is_not_resent(cloud):
     assert second["sync"] == {"mode": "none", "files": 0, "bytes": 0}
     assert first["code_hash"] == second["code_hash"] and second["vm"] == vm.name
     assert not second["vm_created_by_run"]
+    assert second["price_per_hour"] > 0 and second["cost_estimate"] > 0  # the job's time on a VM it did not create
     provision.delete(settings(), vm.name, vm.zone)
 
 
