@@ -421,8 +421,10 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
 
             session.vm_t0 = time.time()
             say(f"provisioning a VM from template {j.template!r}")
+            # A kept VM is the user's from the start, like one from `up`: no ferry-run label, so
+            # `cleanup` leaves it and later runs use it.
             chosen = provision.up(settings, template=j.template, name=_vm_name(run_id),
-                                  labels={"ferry-run": run_id}, progress=say)
+                                  labels=None if keep else {"ferry-run": run_id}, progress=say)
             created = True
             say(f"VM {chosen.name} up in {chosen.zone} ({time.time() - session.vm_t0:.1f} s)")
         else:

@@ -167,6 +167,21 @@ def test_existing_vm_is_left_up_and_unchanged_code_is_not_resent(cloud):
     provision.delete(settings(), vm.name, vm.zone)
 
 
+def test_keep_leaves_the_vm_as_yours_and_the_next_run_uses_it(cloud):
+    from infra import provision
+
+    r = cli(cloud, "run", SELFTEST, "--keep")
+    assert r.returncode == 0, r.stderr
+    kept = vms()
+    assert len(kept) == 1
+    (name, vm), = kept.items()
+    assert vm.status == "RUNNING" and "ferry-run" not in vm.labels  # yours, like a VM from `up`
+    r = cli(cloud, "run", SELFTEST)
+    assert r.returncode == 0 and f"using VM {name}" in r.stderr, r.stderr
+    assert set(vms()) == {name}
+    provision.delete(settings(), name, vm.zone)
+
+
 def test_ssh_dropped_mid_run_the_job_goes_on_and_the_log_is_complete(cloud):
     # Long enough (~8 s) that the drop lands mid-run even on a loaded machine.
     proc = cli_bg(cloud, "run", SELFTEST, "--set", "epochs=160", "--set", "sleep=0.05", "--set", "lines=2000")
