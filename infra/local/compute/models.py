@@ -1,4 +1,5 @@
-"""Compute Engine state and rules: instances, their state machine, operations.
+"""Compute Engine state: instances, their state machine, operations (the request rules are in
+validation.py).
 
 No HTTP here (see responses.py). Every mutating call returns an `Operation` at once; the work
 happens on a worker thread, one action at a time per instance:
@@ -14,54 +15,25 @@ was RUNNING (or on its way) boots again with a fresh VM runtime on the same disk
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
 import os
-import random
-import re
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from infra.local.compute import catalog
 from infra.local.compute import exceptions as exc
 from infra.local.compute.faults import Faults
+from infra.local.compute import validation
 from infra.local.compute.filters import compile_filter
+from infra.local.compute.resource import API, fingerprint, last, new_id, now_rfc3339, zone_link
 
 log = logging.getLogger("ferry.local.compute")
-
-API = "https://www.googleapis.com/compute/v1"
-NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
-LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
-METADATA_KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,128}")
-MAX_RUN_MIN_S, MAX_RUN_MAX_S = 30, 120 * 24 * 3600
-
-
-def now_rfc3339(t: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if t is None else t, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def new_id() -> str:
-    return str(random.randrange(10**18, 10**19))
-
-
-def fingerprint() -> str:
-    return base64.b64encode(os.urandom(8)).decode()
-
-
-def last(url_or_name: str) -> str:
-    return str(url_or_name).rstrip("/").rsplit("/", 1)[-1]
-
-
-def zone_link(project: str, zone: str) -> str:
-    return f"{API}/projects/{project}/zones/{zone}"
 
 
 @dataclass
@@ -209,12 +181,6 @@ class Instance:
         return {i["key"]: i.get("value", "") for i in (self.resource.get("metadata") or {}).get("items", [])}
 
 
-def _duration_seconds(value) -> float:
-    if isinstance(value, dict):
-        return float(value.get("seconds", 0) or 0) + float(value.get("nanos", 0) or 0) / 1e9
-    return float(value)
-
-
 class Compute:
     """All zones of the local Compute Engine, for any project."""
 
@@ -317,197 +283,13 @@ class Compute:
             raise exc.not_found(f"projects/{project}/{where}/operations/{name}")
         return op
 
-    # ------------------------------------------------------------------ validation
-    def _validate(self, project: str, zone: str, body: dict) -> tuple[dict, list[dict]]:
-        """The request body -> the resource as stored; raises GceError (400/404) when invalid."""
-        warnings: list[dict] = []
-        name = body.get("name") or ""
-        if not NAME_RE.fullmatch(name):
-            raise exc.invalid("resource.name", name,
-                              "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?|[1-9][0-9]{0,19})'")
-        mt_name = last(body.get("machineType") or "")
-        mt = catalog.MACHINE_TYPES.get(mt_name)
-        if not mt_name:
-            raise exc.bad_request("Required field 'resource.machineType' not specified")
-        if mt is None or mt not in catalog.machine_types_in(zone):
-            raise exc.invalid("resource.machineType", body["machineType"],
-                              f"Machine type with name '{mt_name}' does not exist in zone '{zone}'.")
-        scheduling = dict(body.get("scheduling") or {})
-        accs = body.get("guestAccelerators") or []
-        gpu, count = mt.gpu, mt.gpu_count
-        if len(accs) > 1:
-            raise exc.bad_request("At most one accelerator type per instance is supported.")
-        for i, acc in enumerate(accs):
-            a_name = last(acc.get("acceleratorType") or "")
-            a_count = int(acc.get("acceleratorCount", 0) or 0)
-            field_ = f"resource.guestAccelerators[{i}].acceleratorType"
-            if a_name not in catalog.ALL_GPUS or a_name not in catalog.ZONES[zone]:
-                raise exc.invalid(field_, acc.get("acceleratorType"),
-                                  f"Accelerator type '{a_name}' does not exist in zone '{zone}'.")
-            if mt.gpu:  # A2/A3/G2: the GPUs come with the machine type
-                if a_name != mt.gpu or a_count != mt.gpu_count:
-                    raise exc.bad_request(
-                        f"Accelerator \"{a_name.upper().replace('-', '_')}\" with count {a_count} is not supported for "
-                        f"machine type {mt.name}; it comes with {mt.gpu_count} x {mt.gpu}.")
-                continue
-            if a_name not in catalog.N1_GPUS or mt.series != "n1":
-                raise exc.bad_request(
-                    f"Accelerator \"{a_name.upper().replace('-', '_')}\" is not supported for machine type {mt.name}."
-                    " Attach it to an N1 machine type, or pick a machine type that includes it.")
-            caps = catalog.N1_GPUS[a_name][1]
-            if a_count not in caps:
-                raise exc.invalid(f"resource.guestAccelerators[{i}].acceleratorCount", a_count,
-                                  f"Valid counts for {a_name}: {', '.join(map(str, sorted(caps)))}.")
-            if mt.cpus > caps[a_count]:
-                raise exc.bad_request(
-                    f"Number of vCPUs ({mt.cpus}) of machine type {mt.name} exceeds the maximum of "
-                    f"{caps[a_count]} supported with {a_count} x {a_name}.")
-            if a_name in catalog.END_OF_LIFE_GPUS:
-                warnings.append({
-                    "code": "DEPRECATED_RESOURCE_USED",
-                    "message": f"Accelerator type '{a_name}' is end of life on Compute Engine since "
-                               f"{catalog.END_OF_LIFE_GPUS[a_name]}: real GCE refuses it; the local cloud accepts it.",
-                    "data": [{"key": "accelerator", "value": a_name}],
-                })
-            gpu, count = a_name, a_count
-        spot = scheduling.get("provisioningModel") == "SPOT"
-        if gpu and scheduling.get("onHostMaintenance", "MIGRATE") != "TERMINATE" and not (spot or scheduling.get("preemptible")):
-            raise exc.bad_request("Instances with guest accelerators do not support live migration. "
-                                  "Set scheduling.onHostMaintenance to TERMINATE.")
-        if scheduling.get("provisioningModel") not in (None, "STANDARD", "SPOT"):
-            raise exc.invalid("resource.scheduling.provisioningModel", scheduling["provisioningModel"], "Must be STANDARD or SPOT.")
-        if (spot or scheduling.get("preemptible")) and scheduling.get("automaticRestart") is True:
-            raise exc.invalid("resource.scheduling.automaticRestart", "true",
-                              "Spot and preemptible instances cannot be automatically restarted.")
-        if spot or scheduling.get("preemptible"):
-            scheduling.setdefault("automaticRestart", False)
-            scheduling["onHostMaintenance"] = "TERMINATE"
-            scheduling["preemptible"] = True if scheduling.get("preemptible") else False
-        action = scheduling.get("instanceTerminationAction")
-        if action not in (None, "STOP", "DELETE"):
-            raise exc.invalid("resource.scheduling.instanceTerminationAction", action, "Must be STOP or DELETE.")
-        if "maxRunDuration" in scheduling:
-            if scheduling.get("preemptible"):
-                raise exc.bad_request("maxRunDuration is not supported for preemptible instances; use Spot (provisioningModel SPOT).")
-            seconds = _duration_seconds(scheduling["maxRunDuration"])
-            if not MAX_RUN_MIN_S <= seconds <= MAX_RUN_MAX_S:
-                raise exc.invalid("resource.scheduling.maxRunDuration", seconds,
-                                  f"Must be between {MAX_RUN_MIN_S} seconds and 120 days.")
-            if action is None:
-                raise exc.bad_request("scheduling.instanceTerminationAction must be set (STOP or DELETE) with maxRunDuration.")
-        scheduling.setdefault("onHostMaintenance", "MIGRATE")
-        scheduling.setdefault("automaticRestart", True)
-        scheduling.setdefault("provisioningModel", "STANDARD")
-        scheduling.setdefault("preemptible", False)
-
-        labels = dict(body.get("labels") or {})
-        if len(labels) > 64:
-            raise exc.bad_request("Too many labels (at most 64).")
-        for k, v in labels.items():
-            if not LABEL_KEY_RE.fullmatch(k):
-                raise exc.invalid("labels", k, "Label keys must start with a lowercase letter and hold only a-z, 0-9, '_' or '-' (max 63).")
-            if not LABEL_VALUE_RE.fullmatch(str(v)):
-                raise exc.invalid("labels", v, "Label values hold only a-z, 0-9, '_' or '-' (max 63).")
-        items = (body.get("metadata") or {}).get("items") or []
-        self._check_metadata(items)
-
-        disks = body.get("disks") or []
-        boot = next((d for d in disks if d.get("boot")), disks[0] if disks else None)
-        if boot is None:
-            raise exc.bad_request("Invalid value for field 'resource.disks': ''. Boot disk must be specified.")
-        init = boot.get("initializeParams") or {}
-        source = init.get("sourceImage") or boot.get("source")
-        if not source:
-            raise exc.bad_request("Required field 'resource.disks[0].initializeParams.sourceImage' not specified")
-        image = self.resolve_image(source)
-        if image is None:
-            raise exc.invalid("resource.disks[0].initializeParams.sourceImage", source,
-                              "The referenced image resource cannot be found.")
-        if image.deprecated == "DEPRECATED":
-            warnings.append({"code": "DEPRECATED_RESOURCE_USED",
-                             "message": f"The resource 'projects/{image.project}/global/images/{image.name}' is deprecated. "
-                                        f"A suggested replacement is family '{image.replacement_family}'."})
-        size = int(init.get("diskSizeGb") or image.disk_size_gb)
-        if size < image.disk_size_gb:
-            raise exc.invalid("resource.disks[0].initializeParams.diskSizeGb", size,
-                              f"Requested disk size cannot be smaller than the image size ({image.disk_size_gb} GB).")
-
-        link = zone_link(project, zone)
-        nics = body.get("networkInterfaces") or [{}]
-        net_ifaces = []
-        for i, nic in enumerate(nics):
-            access = [{"kind": "compute#accessConfig", "type": "ONE_TO_ONE_NAT", "name": a.get("name", "External NAT"),
-                       "natIP": "127.0.0.1", "networkTier": a.get("networkTier", "PREMIUM")}
-                      for a in (nic.get("accessConfigs") or [])]
-            net_ifaces.append({
-                "kind": "compute#networkInterface", "name": f"nic{i}",
-                "network": f"{API}/projects/{project}/global/networks/{last(nic.get('network') or 'default')}",
-                "subnetwork": f"{API}/projects/{project}/regions/{catalog.region_of(zone)}/subnetworks/default",
-                "networkIP": "127.0.0.1", "stackType": "IPV4_ONLY", "fingerprint": fingerprint(),
-                "accessConfigs": access,
-            })
-        inst_id = new_id()
-        resource = {
-            "kind": "compute#instance",
-            "id": inst_id,
-            "creationTimestamp": now_rfc3339(),
-            "name": name,
-            "description": body.get("description", ""),
-            "tags": {"items": list((body.get("tags") or {}).get("items") or []), "fingerprint": fingerprint()},
-            "machineType": f"{link}/machineTypes/{mt.name}",
-            "status": "PROVISIONING",
-            "zone": link,
-            "canIpForward": bool(body.get("canIpForward", False)),
-            "networkInterfaces": net_ifaces,
-            "disks": [{
-                "kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": "READ_WRITE", "index": 0,
-                "source": f"{link}/disks/{init.get('diskName') or name}", "deviceName": boot.get("deviceName") or "persistent-disk-0",
-                "boot": True, "autoDelete": bool(boot.get("autoDelete", True)), "interface": "SCSI",
-                "diskSizeGb": str(size), "architecture": "X86_64",
-                "licenses": [f"{API}/projects/{image.project}/global/licenses/{image.family}"],
-            }],
-            "metadata": {"kind": "compute#metadata", "fingerprint": fingerprint(),
-                         "items": [{"key": i["key"], "value": i.get("value", "")} for i in items]},
-            "serviceAccounts": body.get("serviceAccounts") or [],
-            "selfLink": f"{link}/instances/{name}",
-            "scheduling": scheduling,
-            "cpuPlatform": "Unknown CPU Platform",
-            "labels": labels,
-            "labelFingerprint": fingerprint(),
-            "startRestricted": False,
-            "deletionProtection": bool(body.get("deletionProtection", False)),
-            "fingerprint": fingerprint(),
-            "sourceImage": f"{API}/projects/{image.project}/global/images/{image.name}",
-        }
-        if accs:
-            resource["guestAccelerators"] = [{"acceleratorType": f"{link}/acceleratorTypes/{gpu}", "acceleratorCount": count}]
-        return resource, warnings
-
-    @staticmethod
-    def _check_metadata(items: list) -> None:
-        total = 0
-        for i in items:
-            key = i.get("key", "")
-            if not METADATA_KEY_RE.fullmatch(key):
-                raise exc.invalid("resource.metadata", key, "Metadata keys hold only a-z, A-Z, 0-9, '_' or '-' (1-128 chars).")
-            total += len(i.get("value") or "")
-        if total > 512 * 1024:
-            raise exc.bad_request("Metadata values exceed the total limit of 512 KB.")
-
-    @staticmethod
-    def resolve_image(source: str) -> catalog.Image | None:
-        m = re.search(r"projects/([^/]+)/global/images/(family/)?([^/]+)$", source)
-        if not m:
-            return None
-        project, is_family, name = m.groups()
-        return catalog.image_by_family(project, name) if is_family else catalog.image_by_name(project, name)
 
     # ------------------------------------------------------------------ API: instances
     def insert(self, project: str, zone: str, body: dict, request_id: str | None = None) -> Operation:
         self.check_zone(project, zone)
         if request_id and request_id in self._request_ids:
             return self._request_ids[request_id]
-        resource, warnings = self._validate(project, zone, body)
+        resource, warnings = validation.instance_resource(project, zone, body)
         name = resource["name"]
         with self._lock:
             if (project, zone, name) in self._instances:
@@ -573,7 +355,7 @@ class Compute:
     def set_metadata(self, project: str, zone: str, name: str, body: dict) -> Operation:
         inst = self.get_instance(project, zone, name)
         items = body.get("items") or []
-        self._check_metadata(items)
+        validation.check_metadata(items)
         with self._lock:
             if body.get("fingerprint") != inst.resource["metadata"]["fingerprint"]:
                 raise exc.condition_not_met(
@@ -592,7 +374,7 @@ class Compute:
         inst = self.get_instance(project, zone, name)
         labels = dict(body.get("labels") or {})
         for k, v in labels.items():
-            if not LABEL_KEY_RE.fullmatch(k) or not LABEL_VALUE_RE.fullmatch(str(v)):
+            if not validation.LABEL_KEY_RE.fullmatch(k) or not validation.LABEL_VALUE_RE.fullmatch(str(v)):
                 raise exc.invalid("labels", f"{k}={v}", "Label keys and values hold only a-z, 0-9, '_' or '-'.")
         with self._lock:
             if body.get("labelFingerprint") != inst.resource["labelFingerprint"]:
@@ -669,7 +451,7 @@ class Compute:
             sched = r.get("scheduling") or {}
             if "maxRunDuration" in sched:
                 if inst.deadline is None:
-                    inst.deadline = time.time() + _duration_seconds(sched["maxRunDuration"])
+                    inst.deadline = time.time() + validation.duration_seconds(sched["maxRunDuration"])
                 r.setdefault("resourceStatus", {})["scheduling"] = {"terminationTimestamp": now_rfc3339(inst.deadline)}
                 self._arm_deadline(inst)
         self._set_status(inst, "RUNNING")
@@ -890,7 +672,7 @@ class Firewalls:
 
     def insert(self, project: str, body: dict) -> Operation:
         name = body.get("name") or ""
-        if not NAME_RE.fullmatch(name):
+        if not validation.NAME_RE.fullmatch(name):
             raise exc.invalid("resource.name", name, "Must be a match of regex '[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?'")
         with self._lock:
             rules = self._project(project)

@@ -7,7 +7,8 @@ import zlib
 
 from infra.local.compute import catalog
 from infra.local.compute import exceptions as exc
-from infra.local.compute.models import API, Compute, Firewalls, Operation, zone_link
+from infra.local.compute.models import Compute, Firewalls, Operation
+from infra.local.compute.resource import API, zone_link
 
 OP_WAIT_MAX_S = 30.0  # GCE's wait returns within ~2 minutes; ours sooner, still best effort
 
