@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra.errors import CloudError
-from jobs.commands import pull_run, safe_target
+from jobs.pull import pull_run, safe_target
 
 
 @pytest.mark.parametrize("rel", ["../x", "../../y", "a/../../x", "/etc/passwd", "a\\..\\x", "a//b", "./x", "", "a/./b"])
