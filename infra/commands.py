@@ -7,14 +7,13 @@ import json
 import sys
 from datetime import datetime, timezone
 
+from infra import runstate
 from infra.errors import CloudError, UsageError
 from infra.settings import Settings
 from infra.times import parse_time
 
 CONFIRM_OVER_USD = 25.0     # `up` asks before a VM whose run-time limit could cost more
-HEARTBEAT_FRESH_S = 120     # a run is live while its heartbeat is younger than this
 NEW_RUN_GRACE_S = 600       # a run VM without status.json yet is "starting" this long
-LIVE_STATES = ("provisioning", "syncing", "running")
 
 
 def _out():
@@ -304,24 +303,24 @@ def run_liveness(settings: Settings, run_ids: set, now: datetime) -> dict:
         except gexc.GoogleAPICallError as exc:
             raise CloudError(f"cannot read gs://{settings.bucket}/runs/{run_id}/status.json: {exc.message}",
                              hint="nothing was deleted") from None
-        state = str(data.get("state", "")).lower()
-        beat = parse_time(data.get("heartbeat") or data.get("updated"))
-        age = None if beat is None else (now - beat).total_seconds()
-        if state not in LIVE_STATES:
-            out[run_id] = (False, f"run {state or 'unknown'}")
-        elif age is None or age > HEARTBEAT_FRESH_S:
-            out[run_id] = (False, f"run {state} but heartbeat {'missing' if age is None else _dur(age) + ' old'}")
+        recorded = str(data.get("state", "")).lower()
+        state = runstate.effective_state(data, now)
+        beat = parse_time(data.get("heartbeat"))
+        ago = "no heartbeat" if beat is None else f"heartbeat {_dur((now - beat).total_seconds())} ago"
+        if state in runstate.FINAL:
+            out[run_id] = (False, f"run {state}" + (f" ({recorded}, {ago})" if state != recorded else ""))
         else:
-            out[run_id] = (True, f"run {state}, heartbeat {_dur(age)} ago")
+            out[run_id] = (True, f"run {state}, {ago}")
     return out
 
 
 def orphans(settings: Settings, vms: list, now: datetime | None = None) -> list:
     """[(vm, why)] for the VMs no live run (or user) owns. The rule:
     - TERMINATED/STOPPED ferry VMs: orphaned (they hold a disk, nothing can use them);
-    - a VM labelled ferry-run=<id>: orphaned unless the run's status.json shows provisioning,
-      syncing or running with a heartbeat under 2 minutes old; a run VM younger than 10 minutes
-      with no status.json yet counts as starting (kept);
+    - a VM labelled ferry-run=<id>: orphaned once its run is over or lost by the rule `runs`
+      uses (infra/runstate.py: final state, or a heartbeat older than 2 minutes while running,
+      30 while provisioning or syncing); a run VM younger than 10 minutes with no status.json
+      yet counts as starting (kept);
     - a VM without ferry-run (a plain `up`): the user's; orphaned only once older than its
       run-time limit (the cloud should have deleted it)."""
     now = now or datetime.now(timezone.utc)

@@ -14,13 +14,13 @@ import secrets
 import string
 from datetime import datetime, timezone
 
+from infra import runstate
 from infra.times import parse_time
 
-STATES = ("provisioning", "syncing", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
-FINAL = ("succeeded", "failed", "cancelled", "preempted", "lost")
+# One liveness rule, shared with `cleanup`: see infra/runstate.py.
+STATES, FINAL, effective_state = runstate.STATES, runstate.FINAL, runstate.effective_state
+
 RUN_ID_RE = re.compile(r"^(?P<job>[a-z0-9][a-z0-9-]*)-(?P<ts>\d{8}-\d{6})-(?P<rand>[a-z0-9]{4})$")
-LOST_AFTER_S = 120.0          # a running runner heartbeats every ~10 s
-LOST_AFTER_SETUP_S = 1800.0   # provisioning/syncing: `ferry run` itself may be waiting on the cloud
 
 
 def utcnow() -> datetime:
@@ -44,22 +44,6 @@ def sort_key(run_id: str) -> tuple:
 
 def valid_run_id(run_id: str) -> bool:
     return bool(RUN_ID_RE.match(run_id))
-
-
-def effective_state(status: dict | None, now: datetime | None = None) -> str:
-    """The state, with a stale heartbeat on an unfinished run turned into `lost`."""
-    if not status:
-        return "lost"
-    state = status.get("state") or "lost"
-    if state in FINAL:
-        return state
-    beat = parse_time(status.get("heartbeat"))
-    if beat is None:
-        return state
-    limit = LOST_AFTER_SETUP_S if state in ("provisioning", "syncing") else max(LOST_AFTER_S, 6 * float(status.get("heartbeat_interval") or 10))
-    if ((now or utcnow()) - beat).total_seconds() > limit:
-        return "lost"
-    return state
 
 
 def duration_s(status: dict | None, manifest: dict | None = None, now: datetime | None = None) -> float | None:

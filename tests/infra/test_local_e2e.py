@@ -204,8 +204,10 @@ def test_cleanup_deletes_only_what_no_live_run_owns(cloud, capsys):
     bucket.blob("runs/done-run/status.json").upload_from_string(json.dumps({"state": "succeeded", "heartbeat": now.isoformat()}))
     stale = (now - timedelta(minutes=10)).isoformat()
     bucket.blob("runs/stale-run/status.json").upload_from_string(json.dumps({"state": "running", "heartbeat": stale}))
+    # `ferry run` may wait on the cloud for minutes while provisioning: the same rule as `runs` keeps it
+    bucket.blob("runs/slow-run/status.json").upload_from_string(json.dumps({"state": "provisioning", "heartbeat": stale}))
     for name, run_id in (("vm-live", "live-run"), ("vm-done", "done-run"), ("vm-stale", "stale-run"),
-                         ("vm-new", "not-started-yet"), ("vm-user", None)):
+                         ("vm-slow", "slow-run"), ("vm-new", "not-started-yet"), ("vm-user", None)):
         provision.up(s, gpu="t4", name=name, labels={"ferry-run": run_id} if run_id else None)
     rc, out, err = run(capsys, "--json", "cleanup", "--dry-run")
     assert rc == 0, err
@@ -213,7 +215,7 @@ def test_cleanup_deletes_only_what_no_live_run_owns(cloud, capsys):
     rc, out, err = run(capsys, "--json", "cleanup", "--yes")
     assert rc == 0, err
     assert sorted(json.loads(out)["deleted"]) == ["vm-done", "vm-stale"]
-    assert sorted(i["name"] for i in instances(cloud)) == ["vm-live", "vm-new", "vm-user"]
+    assert sorted(i["name"] for i in instances(cloud)) == ["vm-live", "vm-new", "vm-slow", "vm-user"]
 
 
 def test_down_all_needs_yes_without_a_terminal(cloud, capsys):
