@@ -154,6 +154,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        with self.server.conns_lock:
+            self.server.busy += 1
+        try:
+            self._get()
+        finally:
+            with self.server.conns_lock:
+                self.server.busy -= 1
+
+    def _get(self) -> None:
         state: MetadataState = self.server.state
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -227,6 +236,7 @@ class MetadataServer:
         self._httpd.state = state
         self._httpd.conns = set()
         self._httpd.conns_lock = threading.Lock()
+        self._httpd.busy = 0  # requests being answered (long polls included)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -242,6 +252,9 @@ class MetadataServer:
 
     def stop(self) -> None:
         self.state.update(closed=True)  # wakes long polls, which answer 503
+        deadline = time.monotonic() + 0.5  # let them answer before their connections close
+        while self._httpd.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._httpd.conns_lock:
