@@ -106,7 +106,7 @@ def test_slow_operations(api_cloud, instances):
     api_cloud.control.fault("slow_operations", delay_s=0.4)
     t0 = time.monotonic()
     op = instances.insert(project=P, zone=Z, instance_resource=instance_resource("slow-1", gpu=None))
-    assert time.monotonic() - t0 < 0.3  # the call itself answers at once
+    assert op.status != compute_v1.Operation.Status.DONE  # the call answers before the slow work is done
     wait_operation(api_cloud, op)
     assert time.monotonic() - t0 >= 0.8  # PROVISIONING and STAGING each took 0.4 s longer
     api_cloud.control.clear_faults()

@@ -67,7 +67,7 @@ def test_openssh_detached_survives_drop_and_stop_kills_everything(make_vm, clien
         port, before = vm.ssh_port, vm.pids()
         t0 = time.monotonic()
         vm.stop()
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 10  # a hang guard; bench/local_vm.py measures the speed
     assert vm.pids() == [] and processes.find(vm.spec.marker, processes.SYSTEM_VAR) == []
     assert not any(alive(p) for p in before)
     assert port_refuses(port)

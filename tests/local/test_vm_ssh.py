@@ -111,7 +111,7 @@ def test_detached_process_survives_drop_and_dies_with_stop(make_vm, client_key):
     port, survivors = vm.ssh_port, vm.pids()
     t0 = time.monotonic()
     vm.stop()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 10  # a hang guard; bench/local_vm.py measures the speed
     assert vm.pids() == [] and processes.find(vm.spec.marker) == []
     assert not any(alive(p) for p in survivors + list(foreground))
     assert port_refuses(port)
