@@ -127,7 +127,7 @@ def main() -> None:
             provision.delete(settings, vm.name, vm.zone)
 
     def med(xs):
-        return statistics.median(xs)
+        return statistics.median(xs) if xs else float("nan")
 
     print(f"overhead of run, fresh VM:   {med([w - j for w, j, _ in fresh]):.2f} s  (wall {med([w for w, _, _ in fresh]):.2f} s, n={len(fresh)})")
     print(f"overhead of run, VM up:      {med([w - j for w, j, _ in warm[1:]]):.2f} s  (wall {med([w for w, _, _ in warm[1:]]):.2f} s, n={len(warm) - 1})")

@@ -63,6 +63,15 @@ class Vm:
             out[k] = out[k].isoformat() if out[k] else None
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Vm":
+        fields = dict(data)
+        fields["key_path"] = Path(fields["key_path"])
+        for k in ("auto_delete_at", "created_at"):
+            fields[k] = parse_time(fields.get(k))
+        fields["created"] = False
+        return cls(**fields)
+
 
 @dataclass
 class Plan:
@@ -220,6 +229,7 @@ def _reuse(compute, settings, inst, spec, key_path, say):
     say(f"{inst.name} exists in {zone} and is ours: reusing it")
     vm = _wait_ready(compute, settings, inst.name, zone, key_path, say, settle=False)
     vm.created = False
+    _pin(settings, vm)
     return vm
 
 
@@ -365,7 +375,7 @@ def _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, s
         state.remember(settings, name, zone=zone, created=datetime.now(timezone.utc).isoformat())
         vm = _wait_ready(compute, settings, name, zone, key_path, say, settle=True)
         vm.created = True
-        state.remember(settings, name, zone=zone, host_key=vm.host_key, created=vm.created_at.isoformat() if vm.created_at else None)
+        _pin(settings, vm)
         return vm
     except BaseException as exc:  # whatever happened, the insert may have gone through: delete
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, Failure) else "failed")
@@ -522,7 +532,22 @@ def get(settings: Settings, name: str) -> Vm | None:
         host_key = ssh.host_key_from_guest(compute, zone, name)
         if host_key:
             port, user = ssh.login_from_guest(compute, zone, name)
-    return vm_from_instance(inst, settings, host_key=host_key, port=port, user=user)
+    vm = vm_from_instance(inst, settings, host_key=host_key, port=port, user=user)
+    if vm.host_key:
+        _pin(settings, vm)
+    return vm
+
+
+def _pin(settings: Settings, vm: Vm) -> None:
+    """Remember VM as found, host key included: `pinned()` answers from this without an API call."""
+    state.remember(settings, vm.name, zone=vm.zone, vm=vm.as_dict())
+
+
+def pinned(settings: Settings) -> list[Vm]:
+    """The VMs this machine last saw RUNNING, with their pinned host keys, from local state alone
+    (no API call, so possibly stale: an SSH connection that presents the pinned key is what proves
+    one is still there)."""
+    return [Vm.from_dict(rec["vm"]) for rec in state.recall_all(settings).values() if rec.get("vm")]
 
 
 def list_vms(settings: Settings, *, mine_only: bool = False) -> list[Vm]:

@@ -2,8 +2,8 @@
 create the same VM twice.
 
 - `vm_lock(settings, name)`: held while one `up` creates or reuses VM NAME.
-- `vms.json`: the VMs this machine created (name -> zone, host key, ...), per backend and
-  project. A cache only: the cloud is the truth (labels), so losing it loses nothing.
+- `vms.json`: the VMs this machine created or used (name -> zone, and the VM as last seen
+  RUNNING with its pinned host key), per backend and project. A cache only: the cloud is the truth (labels), so losing it loses nothing.
 """
 
 from __future__ import annotations
@@ -68,3 +68,8 @@ def forget(settings: Settings, name: str) -> None:
 def recall(settings: Settings, name: str) -> dict | None:
     with _locked_file(settings) as data:
         return dict(data.get(_scope(settings), {}).get(name) or {}) or None
+
+
+def recall_all(settings: Settings) -> dict:
+    with _locked_file(settings) as data:
+        return {name: dict(rec) for name, rec in data.get(_scope(settings), {}).items()}

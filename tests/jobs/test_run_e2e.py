@@ -167,6 +167,29 @@ def test_existing_vm_is_left_up_and_unchanged_code_is_not_resent(cloud):
     provision.delete(settings(), vm.name, vm.zone)
 
 
+def test_run_on_a_vm_up_asks_no_compute_api_and_a_stale_pin_falls_back(cloud):
+    """A VM brought up from this machine is used through its pinned host key alone: the run
+    makes no Compute Engine call. Deleted behind ferry's back, the pin is stale: the run asks
+    the API, finds no VM up, and provisions its own."""
+    from google.cloud import compute_v1
+
+    from infra import provision
+    from infra.local.testing import wait_operation
+
+    vm = provision.up(settings(), template="cpu", name="ferry-test-pinned")
+    cloud.control.clear_requests()
+    r = cli(cloud, "run", SELFTEST)
+    assert r.returncode == 0 and "using VM ferry-test-pinned" in r.stderr, r.stderr
+    assert [q for q in cloud.control.requests() if q["service"] == "compute"] == []
+
+    instances = compute_v1.InstancesClient(**cloud.compute_options())
+    wait_operation(cloud, instances.delete(project="ferry-local", zone=vm.zone, instance=vm.name))
+    r = cli(cloud, "run", SELFTEST)
+    assert r.returncode == 0, r.stderr
+    assert "provisioning a VM" in r.stderr and "ferry-test-pinned" not in r.stderr
+    assert vms() == {}
+
+
 def test_keep_leaves_the_vm_as_yours_and_the_next_run_uses_it(cloud):
     from infra import provision
 
