@@ -123,19 +123,11 @@ def _cloud_errors(fn):
     return wrapper
 
 
-def _announce(settings: Settings) -> None:
-    """With no GCP project configured, say once (stderr) that this is the local backend."""
-    if settings.is_local and str(settings.sources.get("backend", "")).startswith("default"):
-        _err().print("backend: local (no GCP project configured; set --project or GOOGLE_CLOUD_PROJECT for Google Cloud)",
-                     style="dim")
-
-
 # --------------------------------------------------------------------------- up
 @_cloud_errors
 def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max_hours=None, dry_run=False, yes=False):
     from infra import provision
 
-    _announce(settings)
 
     options = dict(gpu=gpu, template=template, name=name, spot=spot, max_hours=max_hours)
     if dry_run:
@@ -195,7 +187,6 @@ def _print_vm(vm, settings: Settings) -> None:
 def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
     from infra import provision, templates
 
-    _announce(settings)
     if vm and all_:
         raise UsageError("give a VM name or --all, not both")
     if vm:
@@ -245,7 +236,6 @@ def _report_down(settings, targets, results, dry_run=False):
 def status(settings: Settings):
     from infra import provision
 
-    _announce(settings)
     vms = provision.list_vms(settings)
     now = datetime.now(timezone.utc)
     rows = []
@@ -347,7 +337,6 @@ def orphans(settings: Settings, vms: list, now: datetime | None = None) -> list:
 def cleanup(settings: Settings, *, dry_run=False, yes=False):
     from infra import provision
 
-    _announce(settings)
     vms = provision.list_vms(settings)
     found = orphans(settings, vms)
     if settings.json and (dry_run or not found):
