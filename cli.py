@@ -28,9 +28,6 @@ class Context:
             from infra.settings import resolve
 
             self._settings = resolve(**self.flags)
-            if self._settings.is_local and self._settings.sources.get("backend", "").startswith("default"):
-                click.secho("backend: local (no GCP project configured; set --project or GOOGLE_CLOUD_PROJECT "
-                            "for Google Cloud)", err=True, dim=True)
         return self._settings
 
     @property

@@ -94,11 +94,24 @@ def credentials(settings: Settings):
     return creds
 
 
+_ANNOUNCED: set = set()
+
+
+def _announce_local(settings: Settings) -> None:
+    """The first time a command talks to the local cloud because no GCP project is configured,
+    say so in one line (stderr). Bad input fails before this, so its error stays one line."""
+    if str(settings.sources.get("backend", "")).startswith("default") and str(settings.home) not in _ANNOUNCED:
+        _ANNOUNCED.add(str(settings.home))
+        print("backend: local (no GCP project configured; set --project or GOOGLE_CLOUD_PROJECT for Google Cloud)",
+              file=sys.stderr, flush=True)
+
+
 def endpoints(settings: Settings) -> dict:
     """{"compute": url|None, "storage": url|None}: None means Google's public endpoints."""
     if settings.is_local:
         from infra.local.service import ensure_running
 
+        _announce_local(settings)
         ep = ensure_running(settings.home)
         return {"compute": ep.compute, "storage": ep.storage}
     return {"compute": None, "storage": None}

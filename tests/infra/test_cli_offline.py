@@ -103,11 +103,6 @@ def test_help_and_gpus_do_not_import_compute_v1(isolated_env):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_local_backend_by_default_is_said_once_on_stderr(capsys):
-    rc, out, err = run(capsys, "--json", "up", "--gpu", "t4", "--dry-run")
-    assert rc == 0 and json.loads(out)["dry_run"] is True  # stdout stays machine-readable
-    assert err.count("backend: local (no GCP project configured") == 1
-    rc, out, err = run(capsys, "--project", "p", "up", "--gpu", "t4", "--dry-run")
-    assert rc == 0 and "backend: local" not in err
-    rc, out, err = run(capsys, "--backend", "local", "up", "--gpu", "t4", "--dry-run")
-    assert rc == 0 and "backend: local" not in err  # asked for: nothing to say
+def test_bad_input_on_the_default_local_backend_is_one_line(capsys):
+    rc, out, err = run(capsys, "up", "--gpu", "tt4")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: unknown GPU")

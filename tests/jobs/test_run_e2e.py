@@ -122,6 +122,8 @@ def test_selftest_run_deletes_its_vm_and_keeps_literal_values(cloud, tmp_path):
     assert not list(cloud.home.rglob("pwned*")) and not list(tmp_path.rglob("pwned*"))
     assert vms() == {}
     assert "succeeded" in r.stderr and "best test accuracy 83.33%" in r.stderr
+    assert r.stderr.count("backend: local (no GCP project configured") == 1  # said once, first line
+    assert r.stderr.startswith("backend: local")
 
     # runs lists it; pull brings a report home; logs prints the complete log
     r = cli(cloud, "--json", "runs")
@@ -269,7 +271,9 @@ def test_bad_input_is_exit_2_before_anything_is_created(cloud):
                          (["run", "mnist-nn", "--set", "speed=3"], "unknown parameter"),
                          (["run", "selftest", "--vm", "no-such-vm"], "unknown VM 'no-such-vm'")):
         r = cli(cloud, *args)
-        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        # one line (an unknown VM needs the cloud to tell, which first says which backend it asked)
+        lines = [l for l in r.stderr.strip().splitlines() if not l.startswith("backend: local")]
+        assert r.returncode == 2 and needle in r.stderr and len(lines) == 1 and lines[0].startswith("error: ")
     assert vms() == {} and run_ids(cloud.bucket) == []
 
 
