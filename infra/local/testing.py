@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,12 @@ def instance_resource(name: str, zone: str = "us-central1-a", *, gpu: str | None
         inst.guest_accelerators = [compute_v1.AcceleratorConfig(
             accelerator_type=f"zones/{zone}/acceleratorTypes/{gpu}", accelerator_count=gpu_count)]
     return inst
+
+
+def port_refuses(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on host:port any more (a deleted VM's SSH port)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return False
+    except OSError:
+        return True

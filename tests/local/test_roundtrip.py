@@ -5,7 +5,6 @@ and nothing of it is left. Plus the VM-side faults: preemption and dropped SSH c
 from __future__ import annotations
 
 import base64
-import socket
 import time
 
 import paramiko
@@ -14,7 +13,7 @@ from fabric import Config, Connection
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from infra.local.testing import instance_resource, wait_operation
+from infra.local.testing import instance_resource, port_refuses, wait_operation
 from infra.local.vm.processes import alive
 
 P, Z = "ferry-local", "us-central1-a"
@@ -66,14 +65,6 @@ def connect(host: str, port: int, host_key_b64: str, key_path) -> Connection:
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     conn.client.get_host_keys().add(f"[{host}]:{port}", "ssh-ed25519", paramiko.Ed25519Key(data=base64.b64decode(host_key_b64)))
     return conn
-
-
-def port_refuses(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except OSError:
-        return True
 
 
 def vm_pids(cloud, name: str) -> list[int]:

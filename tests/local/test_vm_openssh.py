@@ -13,7 +13,8 @@ import pytest
 from infra.local.vm import LocalVm, VmError, VmSpec, openssh_available, processes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest's importlib mode: no sys.path magic
-from vm_fixtures import client_key, connect, crash_service_with_vm, make_client_key, make_vm, port_refuses, wait_for  # noqa: E402,F401
+from vm_fixtures import client_key, connect, crash_service_with_vm, make_client_key, make_vm, wait_for  # noqa: E402,F401
+from infra.local.testing import port_refuses  # noqa: E402
 from infra.local.vm.processes import alive
 
 needs_sshd = pytest.mark.skipif(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -43,14 +42,6 @@ def connect(vm: LocalVm, key_path: Path, user: str = "ferry", host_key: str | No
     kind, blob = (host_key or vm.host_key_public).split()[:2]
     client.get_host_keys().add(f"[127.0.0.1]:{vm.ssh_port}", kind, paramiko.Ed25519Key(data=base64.b64decode(blob)))
     return conn
-
-
-def port_refuses(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except OSError:
-        return True
 
 
 def wait_for(pred, timeout: float = 10.0, interval: float = 0.02):
