@@ -93,12 +93,13 @@ def status(ctx):
 @main.command()
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--all-owners", is_flag=True, help="Consider every owner's ferry VMs, not only yours.")
 @pass_ctx
-def cleanup(ctx, dry_run, yes):
-    """Delete VMs carrying ferry's labels that no live run owns."""
+def cleanup(ctx, dry_run, yes, all_owners):
+    """Delete your ferry VMs that no live run owns (stopped, run over, past their limit)."""
     from infra.commands import cleanup as command
 
-    command(ctx.settings, dry_run=dry_run, yes=yes)
+    command(ctx.settings, dry_run=dry_run, yes=yes, all_owners=all_owners)
 
 
 @main.command()
@@ -118,12 +119,13 @@ def gpus(ctx):
 @click.option("--keep", is_flag=True, help="Keep the VM this run provisions.")
 @click.option("--detach", is_flag=True, help="Return once the job runs; reattach with `logs --follow`.")
 @click.option("--dry-run", is_flag=True, help="Show the VM, the sync and the command; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before a VM that may cost more than $25.")
 @pass_ctx
-def run(ctx, job, vm, overrides, keep, detach, dry_run):
+def run(ctx, job, vm, overrides, keep, detach, dry_run, yes):
     """Run JOB on a VM: provision, sync, run, stream logs, summarise, tear down."""
     from jobs.commands import run as command
 
-    command(ctx.settings, job=job, vm=vm, overrides=overrides, keep=keep, detach=detach, dry_run=dry_run)
+    command(ctx.settings, job=job, vm=vm, overrides=overrides, keep=keep, detach=detach, dry_run=dry_run, yes=yes)
 
 
 @main.command()
@@ -227,25 +229,48 @@ def local_reset(ctx, yes):
     command(json_output=ctx.json, yes=yes)
 
 
+def _usage_line(exc: click.UsageError) -> str:
+    """Click's three-line usage error as one line: what is wrong, and where the help is."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    path = exc.ctx.command_path if exc.ctx is not None else "cli.py"
+    return f"error: {message} (see `python {path} --help`)"
+
+
 def run_cli(argv=None) -> int:
-    """Entry point: every FerryError becomes one line and its exit code."""
+    """Entry point: every FerryError becomes one line and its exit code; SIGINT, SIGTERM and
+    SIGHUP tear down what the command created and exit 128 + the signal."""
+    from infra import interrupts
+
+    interrupts.install()
     try:
         main.main(args=argv, prog_name="cli.py", standalone_mode=False)
     except FerryError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _echo_safe("interrupted")
+        return getattr(exc, "exit_code", None) or interrupts.exit_code(130)
+    except click.UsageError as exc:
+        click.echo(_usage_line(exc), err=True)
+        return 2
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    if interrupts.received():  # a signal arrived during a teardown that then completed
+        _echo_safe("interrupted")
+        return interrupts.exit_code()
     return 0
+
+
+def _echo_safe(text: str) -> None:
+    try:
+        click.echo(text, err=True)
+    except OSError:  # the terminal went away (SIGHUP)
+        pass
 
 
 if __name__ == "__main__":

@@ -24,15 +24,21 @@ AUTH_HINT = "run `gcloud auth application-default login`, or set GOOGLE_APPLICAT
 
 @dataclass(frozen=True)
 class Pacing:
-    poll_s: float          # between zone-operation polls
-    op_timeout_s: float    # one operation, at most
-    settle_s: float        # a new VM must stay RUNNING this long (stockout after insert)
-    ssh_timeout_s: float   # from RUNNING to SSH answering
+    poll_s: float            # between zone-operation polls
+    op_timeout_s: float      # one operation, at most (setters, starts, stops)
+    settle_s: float          # a new VM must stay RUNNING this long (stockout after insert)
+    ssh_timeout_s: float     # from RUNNING to SSH answering
     ssh_poll_s: float
+    insert_timeout_s: float  # an insert operation, at most (GPU VMs take minutes)
+    delete_timeout_s: float  # a delete, from the first call to DONE
+    wait_call_s: float       # client timeout of one zoneOperations.wait call (GCE holds it ~2 min)
+    guest_poll_s: float      # between a VM's reads of its own guest attributes (GCE: <= 10 a minute)
 
 
-GCP_PACING = Pacing(poll_s=2.0, op_timeout_s=300.0, settle_s=15.0, ssh_timeout_s=300.0, ssh_poll_s=3.0)
-LOCAL_PACING = Pacing(poll_s=0.03, op_timeout_s=60.0, settle_s=0.5, ssh_timeout_s=30.0, ssh_poll_s=0.1)
+GCP_PACING = Pacing(poll_s=2.0, op_timeout_s=300.0, settle_s=15.0, ssh_timeout_s=300.0, ssh_poll_s=3.0,
+                    insert_timeout_s=900.0, delete_timeout_s=600.0, wait_call_s=150.0, guest_poll_s=6.0)
+LOCAL_PACING = Pacing(poll_s=0.03, op_timeout_s=60.0, settle_s=0.5, ssh_timeout_s=30.0, ssh_poll_s=0.1,
+                      insert_timeout_s=60.0, delete_timeout_s=60.0, wait_call_s=5.0, guest_poll_s=0.1)
 
 
 _COMPUTE_V1 = "google.cloud.compute_v1"

@@ -13,7 +13,6 @@ from infra.settings import Settings
 from infra.times import parse_time
 
 CONFIRM_OVER_USD = 25.0     # `up` asks before a VM whose run-time limit could cost more
-NEW_RUN_GRACE_S = 600       # a run VM without status.json yet is "starting" this long
 
 
 def _out():
@@ -56,7 +55,7 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _confirm(question: str, yes: bool) -> None:
+def confirm(question: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
@@ -136,7 +135,7 @@ def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max
         return _print_plan(plan, settings)
     plan = provision.plan(settings, **options)  # validation + cost, before anything else
     if plan.max_cost is not None and plan.max_cost > CONFIRM_OVER_USD:
-        _confirm(f"{plan.name}: {plan.spec.gpu_label} at {_money(plan.price_per_hour)}/h may cost up to "
+        confirm(f"{plan.name}: {plan.spec.gpu_label} at {_money(plan.price_per_hour)}/h may cost up to "
                  f"{_money(plan.max_cost)} before its {plan.max_hours:g} h limit deletes it. Create it?", yes)
     with _Live() as live:
         vm = provision.up(settings, progress=live, **options)
@@ -185,7 +184,8 @@ def _print_vm(vm, settings: Settings) -> None:
 # --------------------------------------------------------------------------- down
 @_cloud_errors
 def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
-    from infra import provision, templates
+    from infra import clients, provision, render, templates
+    from infra.settings import owner
 
     if vm and all_:
         raise UsageError("give a VM name or --all, not both")
@@ -194,25 +194,37 @@ def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
     if dry_run and vm:
         # No credentials needed: the exact call is known without looking.
         return _report_down(settings, [vm], {}, dry_run=True)
-    vms = provision.list_vms(settings, mine_only=True) if not vm else None
     if vm:
-        targets = [vm]
-    elif all_:
-        targets = [v.name for v in vms]
-    elif len(vms) == 1:
-        targets = [vms[0].name]
-    elif not vms:
-        targets = []
+        compute = clients.compute(settings)
+        inst = provision.find(compute, settings, vm)
+        if inst is None:
+            return _report_down(settings, [vm], {vm: False})
+        labels, zone = dict(inst.labels), provision._last(inst.zone)
+        if labels.get(render.MANAGED_BY) != "ferry":
+            raise UsageError(f"VM {vm} in {zone} is not managed by ferry; not deleting it",
+                             hint="ferry deletes only VMs with its label managed-by=ferry; nothing was deleted")
+        proof = provision.Proof()
+        theirs = labels.get(render.LABEL_OWNER)
+        if theirs != owner():
+            confirm(f"VM {vm} in {zone} belongs to {theirs!r}, not to you ({owner()}). Delete it anyway?", yes)
+            proof = provision.Proof(any_owner=True)
+        targets = [(vm, zone, proof)]
     else:
-        raise UsageError("you have several VMs: name one or pass --all", hint="yours: " + ", ".join(v.name for v in vms))
-    if dry_run or not targets:
-        return _report_down(settings, targets, {}, dry_run=dry_run)
-    if all_:
-        _confirm(f"delete {len(targets)} VM(s): {', '.join(targets)}?", yes)
-    zones = {v.name: v.zone for v in (vms or [])}
+        vms = provision.list_vms(settings, mine_only=True)
+        if all_:
+            chosen = vms
+        elif len(vms) <= 1:
+            chosen = vms
+        else:
+            raise UsageError("you have several VMs: name one or pass --all", hint="yours: " + ", ".join(v.name for v in vms))
+        if dry_run or not chosen:
+            return _report_down(settings, [v.name for v in chosen], {}, dry_run=dry_run)
+        if all_:
+            confirm(f"delete {len(chosen)} VM(s): {', '.join(v.name for v in chosen)}?", yes)
+        targets = [(v.name, v.zone, provision.Proof()) for v in chosen]
     with _Live() as live:
-        results = provision.delete_many(settings, [(t, zones.get(t)) for t in targets], progress=live)
-    _report_down(settings, targets, results)
+        results = provision.delete_many(settings, targets, progress=live)
+    _report_down(settings, [t[0] for t in targets], results)
 
 
 def _report_down(settings, targets, results, dry_run=False):
@@ -226,7 +238,8 @@ def _report_down(settings, targets, results, dry_run=False):
     for t in targets:
         if dry_run:
             out.print(f"dry run: would call DELETE compute/v1/projects/{settings.project}/zones/<its zone>/instances/{t}"
-                      " and wait for the operation", markup=False)
+                      " and wait for the operation (only if it carries managed-by=ferry, and asking first if it is"
+                      " another owner's)", markup=False)
         else:
             out.print(f"{t}: {'deleted' if results.get(t) else 'already gone'}")
 
@@ -270,92 +283,111 @@ def status(settings: Settings):
 
 
 # --------------------------------------------------------------------------- cleanup
-def run_liveness(settings: Settings, run_ids: set, now: datetime) -> dict:
-    """run id -> (live?, why) from gs://BUCKET/runs/<id>/status.json (state + heartbeat)."""
-    if not run_ids:
+def run_liveness(settings: Settings, runs: set, now: datetime) -> dict:
+    """(bucket, run id) -> (live: True | False | None unknown, why) from that bucket's
+    runs/<id>/status.json (state + heartbeat). A run VM names the bucket of its record in its
+    metadata; a record that cannot be read is unknown, never a reason to delete."""
+    if not runs:
         return {}
     from google.api_core import exceptions as gexc
 
     from infra.clients import storage_client
 
     client = storage_client(settings)
-    bucket = client.bucket(settings.bucket)
     out = {}
-    for run_id in sorted(run_ids):
+    for bucket_name, run_id in sorted(runs):
+        where = f"gs://{bucket_name}/runs/{run_id}/status.json"
         try:
-            data = json.loads(bucket.blob(f"runs/{run_id}/status.json").download_as_bytes())
+            data = json.loads(client.bucket(bucket_name).blob(f"runs/{run_id}/status.json").download_as_bytes())
         except gexc.NotFound:
-            out[run_id] = (None, "no status.json")
+            out[(bucket_name, run_id)] = (None, f"no record at {where}")
             continue
         except ValueError:
-            out[run_id] = (False, "status.json unreadable")
+            out[(bucket_name, run_id)] = (None, f"{where} is unreadable")
             continue
         except gexc.GoogleAPICallError as exc:
-            raise CloudError(f"cannot read gs://{settings.bucket}/runs/{run_id}/status.json: {exc.message}",
-                             hint="nothing was deleted") from None
+            out[(bucket_name, run_id)] = (None, f"cannot read {where}: {exc.message}")
+            continue
         recorded = str(data.get("state", "")).lower()
         state = runstate.effective_state(data, now)
         beat = parse_time(data.get("heartbeat"))
         ago = "no heartbeat" if beat is None else f"heartbeat {_dur((now - beat).total_seconds())} ago"
         if state in runstate.FINAL:
-            out[run_id] = (False, f"run {state}" + (f" ({recorded}, {ago})" if state != recorded else ""))
+            out[(bucket_name, run_id)] = (False, f"run {state}" + (f" ({recorded}, {ago})" if state != recorded else ""))
         else:
-            out[run_id] = (True, f"run {state}, {ago}")
+            out[(bucket_name, run_id)] = (True, f"run {state}, {ago}")
     return out
 
 
-def orphans(settings: Settings, vms: list, now: datetime | None = None) -> list:
-    """[(vm, why)] for the VMs no live run (or user) owns. The rule:
-    - TERMINATED/STOPPED ferry VMs: orphaned (they hold a disk, nothing can use them);
+def orphans(settings: Settings, vms: list, now: datetime | None = None) -> tuple[list, list]:
+    """-> ([(vm, why)] to delete, [(vm, why)] to report only). The rule:
+    - TERMINATED/STOPPED ferry VMs: orphaned (they hold a disk, nothing can use them; a run's
+      VM that powered itself off at its job's end is one);
     - a VM labelled ferry-run=<id>: orphaned once its run is over or lost by the rule `runs`
       uses (infra/runstate.py: final state, or a heartbeat older than 2 minutes while running,
-      30 while provisioning or syncing); a run VM younger than 10 minutes with no status.json
-      yet counts as starting (kept);
+      30 while provisioning or syncing), judged from the record in the bucket its metadata
+      names (a teammate's runs live in their bucket). A record that cannot be read (absent,
+      another bucket, no access) is reported, not deleted;
     - a VM without ferry-run (a plain `up`): the user's; orphaned only once older than its
       run-time limit (the cloud should have deleted it)."""
     now = now or datetime.now(timezone.utc)
-    runs = run_liveness(settings, {v.labels["ferry-run"] for v in vms if v.labels.get("ferry-run")}, now)
-    out = []
+
+    def record_of(v):
+        return (v.run_bucket or settings.bucket, v.labels["ferry-run"])
+
+    runs = run_liveness(settings, {record_of(v) for v in vms if v.labels.get("ferry-run")}, now)
+    found, reported = [], []
     for v in vms:
-        age = (now - v.created_at).total_seconds() if v.created_at else 0.0
         run = v.labels.get("ferry-run")
         if v.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
-            out.append((v, f"{v.status.lower()}, holds a disk"))
+            found.append((v, f"{v.status.lower()}, holds a disk"))
         elif run:
-            live, why = runs.get(run, (None, "no status.json"))
+            live, why = runs.get(record_of(v), (None, "no record"))
             if live:
                 continue
-            if live is None and age < NEW_RUN_GRACE_S:
-                continue  # starting: its run has not written status.json yet
-            out.append((v, f"{run}: {why}"))
+            if live is None:
+                reported.append((v, f"{run}: {why}; not deleting a VM whose run ferry cannot see "
+                                    f"(`python cli.py down {v.name}` deletes it)"))
+                continue
+            found.append((v, f"{run}: {why}"))
         elif v.auto_delete_at is not None and now > v.auto_delete_at:
-            out.append((v, "past its run-time limit"))
-    return out
+            found.append((v, "past its run-time limit"))
+    return found, reported
 
 
 @_cloud_errors
-def cleanup(settings: Settings, *, dry_run=False, yes=False):
+def cleanup(settings: Settings, *, dry_run=False, yes=False, all_owners=False):
     from infra import provision
 
-    vms = provision.list_vms(settings)
-    found = orphans(settings, vms)
+    vms = provision.list_vms(settings, mine_only=not all_owners)
+    found, reported = orphans(settings, vms)
+
+    def listing(pairs):
+        return [{"name": v.name, "zone": v.zone, "owner": v.labels.get("ferry-owner"), "reason": why} for v, why in pairs]
+
+    whose = "every owner's" if all_owners else "your"
     if settings.json and (dry_run or not found):
-        return _emit_json({"dry_run": dry_run, "orphans": [{"name": v.name, "zone": v.zone, "reason": why} for v, why in found],
-                           "deleted": []})
+        return _emit_json({"dry_run": dry_run, "orphans": listing(found), "not_deleted": listing(reported), "deleted": []})
     out = _out()
+    say = _err().print if settings.json else out.print
+    for v, why in reported:
+        say(f"  left alone: {v.name} ({v.zone}, {v.status}): {why}", markup=False)
     if not found:
-        out.print(f"nothing to clean up: {len(vms)} ferry VM(s), all owned")
+        if not settings.json:
+            out.print(f"nothing to clean up: {len(vms)} of {whose} ferry VM(s), none orphaned"
+                      + ("" if all_owners else " (others' VMs: --all-owners)"))
         return
     for v, why in found:
-        (_err() if settings.json else out).print(f"  orphaned: {v.name} ({v.zone}, {v.status}): {why}", markup=False)
+        say(f"  orphaned: {v.name} ({v.zone}, {v.status}): {why}", markup=False)
     if dry_run:
         out.print(f"dry run: would delete {len(found)} VM(s); nothing changed")
         return
-    _confirm(f"delete {len(found)} orphaned VM(s)?", yes)
+    confirm(f"delete {len(found)} orphaned VM(s)?", yes)
+    targets = [(v.name, v.zone, provision.Proof(run_id=v.labels.get("ferry-run"), any_owner=all_owners)) for v, _ in found]
     with _Live() as live:
-        results = provision.delete_many(settings, [(v.name, v.zone) for v, _ in found], progress=live)
+        results = provision.delete_many(settings, targets, progress=live)
     if settings.json:
-        return _emit_json({"dry_run": False, "orphans": [{"name": v.name, "zone": v.zone, "reason": why} for v, why in found],
+        return _emit_json({"dry_run": False, "orphans": listing(found), "not_deleted": listing(reported),
                            "deleted": [n for n, ok in results.items() if ok]})
     for name, ok in results.items():
         out.print(f"{name}: {'deleted' if ok else 'already gone'}")

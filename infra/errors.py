@@ -44,7 +44,13 @@ class CloudError(FerryError):
 
 
 class Interrupted(FerryError):
-    exit_code = 130
+    """Cancelled by a signal: exit 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+
+    @property
+    def exit_code(self) -> int:
+        from infra import interrupts
+
+        return interrupts.exit_code(130)
 
 
 def unknown(kind: str, value: str, valid: Iterable[str]) -> UsageError:

@@ -123,14 +123,35 @@ def from_exception(exc: BaseException, zone: str | None = None) -> Failure:
     raise exc
 
 
+UNREACHABLE_AFTER_S = 30.0  # connection errors this long in a row: the API is unreachable
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A client-side timeout (the call may still be answered later; it is not a failure)."""
+    import socket
+
+    from google.api_core import exceptions as gexc
+
+    try:
+        from requests.exceptions import Timeout
+    except ImportError:  # pragma: no cover
+        Timeout = ()
+    return isinstance(exc, (Timeout, socket.timeout, TimeoutError, gexc.DeadlineExceeded))
+
+
 def wait(compute, operation, zone: str, *, timeout: float | None = None, what: str = "operation"):
     """Poll zone operation OPERATION (an ExtendedOperation or Operation or its name) until DONE.
 
+    Each `zoneOperations.wait` call has a client timeout of `pacing.wait_call_s` (GCE holds the
+    call up to about 2 minutes and may answer before DONE); a call that times out means "still
+    running: wait again", bounded by TIMEOUT for the whole operation. Connection errors are
+    retried for UNREACHABLE_AFTER_S, then the API is unreachable (Failure UNREACHABLE).
     Returns the finished Operation; raises Failure when it carries errors, CloudError on timeout.
     """
     name = operation if isinstance(operation, str) else operation.name
     timeout = timeout or compute.pacing.op_timeout_s
     deadline = time.monotonic() + timeout
+    unreachable_since = None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -138,13 +159,21 @@ def wait(compute, operation, zone: str, *, timeout: float | None = None, what: s
                              hint="see `python cli.py status`; the VM, if any, deletes itself at its run-time limit")
         try:
             op = compute.zone_operations.wait(project=compute.project, zone=zone, operation=name,
-                                              timeout=min(remaining, 60.0))
-        except Exception as exc:  # transient poll errors: keep polling until the deadline
+                                              timeout=min(remaining, compute.pacing.wait_call_s))
+        except Exception as exc:
+            if is_timeout(exc):  # held past our client timeout: still running
+                unreachable_since = None
+                continue
             failure = from_exception(exc, zone)
-            if failure.kind == FATAL:
+            if failure.code == "UNREACHABLE":
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > UNREACHABLE_AFTER_S:
+                    raise failure from None
+            elif failure.kind == FATAL:
                 raise failure from None
-            time.sleep(compute.pacing.poll_s)
+            time.sleep(max(compute.pacing.poll_s, 0.2 if failure.code == "UNREACHABLE" else 0))
             continue
+        unreachable_since = None
         if _status(op) == "DONE":
             failure = from_operation(op, zone)
             if failure is not None:

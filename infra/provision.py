@@ -6,14 +6,14 @@ zone (preferred, its region, then other regions; `zonesAvailable` hints first): 
 (the zone offers the GPU, regional GPU quota where the API tells), insert, wait on the zone
 operation, watch the new VM stay RUNNING for a moment (stockout just after insert), wait for
 SSH with the host key pinned. Failures are classified in infra.operations: next zone, next
-region, or stop. Anything that goes wrong after the insert, Ctrl-C included, deletes the VM.
+region, or stop. Anything that goes wrong after an accepted insert (a signal included) deletes
+the VM, proven ours by the instance id the insert returned; an insert refused (409
+alreadyExists, quota, stockout) deletes nothing. Deleting goes through infra.deletion.
 """
 
 from __future__ import annotations
 
 import re
-import signal
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,15 +21,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from infra import catalog, keys, render, state, templates
+from infra import catalog, interrupts, keys, render, state, templates
+from infra.deletion import Proof, delete, delete_many  # noqa: F401  (re-exported: one deletion path)
 from infra.errors import CloudError, UsageError
-from infra.operations import FATAL, REGION, Failure, from_exception, wait
+from infra.operations import FATAL, REGION, Failure, from_exception, is_timeout, wait
 from infra.settings import Settings, owner
 from infra.times import parse_time
 
 MAX_ZONE_ATTEMPTS = 8
 GONE_STATES = ("TERMINATED", "STOPPING", "STOPPED", "SUSPENDING", "SUSPENDED", "REPAIRING")
 OUR_LABELS = (render.MANAGED_BY, render.LABEL_VM, render.LABEL_OWNER)
+RUN_BUCKET_KEY = "ferry-run-bucket"  # metadata of a run's VM: the bucket holding that run's record
 
 Progress = Callable[[str], None]
 
@@ -55,6 +57,8 @@ class Vm:
     status: str = ""
     created_at: datetime | None = None
     spot: bool = False
+    id: str | None = None            # the instance id (proof of ownership for deletes)
+    run_bucket: str | None = None    # metadata ferry-run-bucket: where its run's record lives
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -70,7 +74,8 @@ class Vm:
         for k in ("auto_delete_at", "created_at"):
             fields[k] = parse_time(fields.get(k))
         fields["created"] = False
-        return cls(**fields)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in fields.items() if k in known})
 
 
 @dataclass
@@ -133,7 +138,7 @@ def retired_message(gpu: catalog.Gpu) -> str:
 
 
 def prepare(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max_hours=None,
-            labels=None) -> tuple[templates.Spec, str, dict, list]:
+            labels=None, metadata=None) -> tuple[templates.Spec, str, dict, list]:
     """All the validation that needs no cloud: -> (spec, name, extra labels, warnings)."""
     spec = templates.load(template, gpu=gpu, spot=spot, max_hours=max_hours)
     name = templates.check_vm_name(name if name is not None else default_name(spec))
@@ -153,7 +158,7 @@ def plan(settings: Settings, **kwargs) -> Plan:
     spec, name, extra, warnings = prepare(settings, **kwargs)
     _, pub = _public_key_or_placeholder(settings)
     body = render.body(spec, name=name, zone=settings.zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(pub),
-                       extra_labels=extra)
+                       extra_labels=extra, extra_metadata=kwargs.get("metadata"))
     p, z = settings.project, settings.zone
     acc = f"acceleratorTypes/{spec.gpu.api}" if spec.gpu else f"machineTypes/{spec.machine_type}"
     calls = [
@@ -182,36 +187,40 @@ def _public_key_or_placeholder(settings: Settings) -> tuple[Path, str]:
 
 # --------------------------------------------------------------------------- up
 def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max_hours=None, labels=None,
-       dry_run=False, progress: Progress | None = None):
+       metadata=None, dry_run=False, progress: Progress | None = None, on_insert: Callable | None = None):
     """Create (or reuse) a VM and wait until SSH answers -> Vm. With dry_run -> Plan.
 
     `progress(message)` receives status lines; lines starting with "warning: " deserve to stay
-    on screen.
+    on screen. `on_insert(name, zone, instance_id)` is called as soon as an insert is accepted,
+    before any wait, so that a caller owns the VM from its first moment (a signal between this
+    returning and the caller's next line must not leak it). `metadata`: extra instance metadata.
     """
     say = progress or (lambda message: None)
     if dry_run:
-        result = plan(settings, gpu=gpu, template=template, name=name, spot=spot, max_hours=max_hours, labels=labels)
+        result = plan(settings, gpu=gpu, template=template, name=name, spot=spot, max_hours=max_hours, labels=labels,
+                      metadata=metadata)
         for w in result.warnings:
             say("warning: " + w)
         return result
     spec, name, extra, warnings = prepare(settings, gpu=gpu, template=template, name=name, spot=spot,
-                                          max_hours=max_hours, labels=labels)
+                                          max_hours=max_hours, labels=labels, metadata=metadata)
     for w in warnings:
         say("warning: " + w)
     from infra import clients
 
     compute = clients.compute(settings)
     key_path, pub = keys.ensure_key(settings.home)
+    creation = _Creation(compute, settings, spec, name, extra, dict(metadata or {}), pub, key_path, say, on_insert)
     with state.vm_lock(settings, name):
-        existing = _find(compute, settings, name)
+        existing = find(compute, settings, name)
         if existing is not None:
-            vm = _reuse(compute, settings, existing, spec, key_path, say)
+            vm = _reuse(compute, settings, existing, spec, key_path, say, extra)
             if vm is not None:
                 return vm
-        return _create(compute, settings, spec, name, extra, pub, key_path, say)
+        return creation.run()
 
 
-def _reuse(compute, settings, inst, spec, key_path, say):
+def _reuse(compute, settings, inst, spec, key_path, say, extra=None):
     """The VM exists: reuse it when it is ours and matches; None when it was dead and is now deleted."""
     zone = _last(inst.zone)
     labels = dict(inst.labels)
@@ -219,12 +228,19 @@ def _reuse(compute, settings, inst, spec, key_path, say):
         raise UsageError(f"VM {inst.name} exists in {zone} and is not managed by ferry", hint="choose another --name")
     if labels.get(render.LABEL_OWNER) != owner():
         raise UsageError(f"VM {inst.name} in {zone} belongs to {labels.get(render.LABEL_OWNER)!r}", hint="choose another --name")
+    wanted_run = (extra or {}).get(render.LABEL_RUN)
+    if labels.get(render.LABEL_RUN) != wanted_run:
+        raise UsageError(f"VM {inst.name} exists in {zone} as the VM of "
+                         + (f"run {labels[render.LABEL_RUN]}" if labels.get(render.LABEL_RUN) else "no run"),
+                         hint="choose another --name")
     if _last(inst.machine_type) != spec.machine_type:
         raise UsageError(f"VM {inst.name} exists in {zone} as {_last(inst.machine_type)}, not {spec.machine_type}",
                          hint=f"run `down {inst.name}` first or choose another --name")
     if inst.status in GONE_STATES:
         say(f"{inst.name} in {zone} is {inst.status}: deleting it and creating a new one")
-        _delete_and_wait(compute, zone, inst.name)
+        with interrupts.shielded(f"deleting {inst.name} first; please wait"):
+            delete(settings, inst.name, zone, Proof(), compute=compute)
+        interrupts.check()
         return None
     say(f"{inst.name} exists in {zone} and is ours: reusing it")
     vm = _wait_ready(compute, settings, inst.name, zone, key_path, say, settle=False)
@@ -283,46 +299,142 @@ def _quota_room(compute, region: str, spec) -> float | None:
     return None
 
 
-def _create(compute, settings, spec, name, extra, pub, key_path, say) -> Vm:
-    queue = _candidate_zones(compute, settings.zone)
-    tried: list[str] = []
-    dead_regions: set[str] = set()
-    room: dict[str, float | None] = {}
-    attempts = 0
-    what = spec.gpu_label
-    while queue and attempts < MAX_ZONE_ATTEMPTS:
-        zone = queue.pop(0)
-        region = zone.rsplit("-", 1)[0]
-        if region in dead_regions:
-            continue
-        if not _offers(compute, zone, spec):
-            if zone == settings.zone:
-                say(f"{zone} does not offer {what}; looking in other zones")
-            continue
-        if region not in room:
-            room[region] = _quota_room(compute, region, spec)
-            if room[region] is not None and room[region] < spec.count:
-                dead_regions.add(region)
-                tried.append(f"{region}: quota {spec.gpu.quota_metric} has room for {room[region]:g}")
-                say(f"{region}: GPU quota too small ({room[region]:g} left); trying another region")
+class _Exists(Exception):
+    """The insert was refused with 409 alreadyExists: someone created NAME meanwhile."""
+
+    def __init__(self, zone: str):
+        super().__init__(zone)
+        self.zone = zone
+
+
+class _Creation:
+    """One `up` that has to create its VM: zone by zone until one insert works."""
+
+    def __init__(self, compute, settings, spec, name, extra, metadata, pub, key_path, say, on_insert):
+        self.compute, self.settings, self.spec, self.name = compute, settings, spec, name
+        self.extra, self.metadata, self.pub, self.key_path, self.say = extra, metadata, pub, key_path, say
+        self.on_insert = on_insert
+
+    def run(self) -> Vm:
+        compute, spec, say, name = self.compute, self.spec, self.say, self.name
+        queue = _candidate_zones(compute, self.settings.zone)
+        tried: list[str] = []
+        dead_regions: set[str] = set()
+        room: dict[str, float | None] = {}
+        attempts = 0
+        what = spec.gpu_label
+        while queue and attempts < MAX_ZONE_ATTEMPTS:
+            zone = queue.pop(0)
+            region = zone.rsplit("-", 1)[0]
+            if region in dead_regions:
                 continue
-        attempts += 1
+            if not _offers(compute, zone, spec):
+                if zone == self.settings.zone:
+                    say(f"{zone} does not offer {what}; looking in other zones")
+                continue
+            if region not in room:
+                room[region] = _quota_room(compute, region, spec)
+                if room[region] is not None and room[region] < spec.count:
+                    dead_regions.add(region)
+                    tried.append(f"{region}: quota {spec.gpu.quota_metric} has room for {room[region]:g}")
+                    say(f"{region}: GPU quota too small ({room[region]:g} left); trying another region")
+                    continue
+            attempts += 1
+            try:
+                return self.in_zone(zone)
+            except _Exists:
+                return self.exists_meanwhile()
+            except Failure as failure:
+                tried.append(f"{zone}: {failure.code}")
+                if failure.kind == FATAL:
+                    raise CloudError(f"cannot create {name} in {zone}: {failure}", hint=_hint(failure)) from None
+                if failure.kind == REGION:
+                    dead_regions.add(region)
+                    say(f"{region}: {failure.code} ({failure.quota_metric or 'regional quota'}); trying another region")
+                else:
+                    say(f"{zone}: {failure.code}; trying the next zone")
+                if failure.zones_available:
+                    hinted = [z for z in failure.zones_available if z in queue]
+                    queue = hinted + [z for z in queue if z not in hinted]
+        raise CloudError(f"could not create {name} ({what}) in any zone tried: " + "; ".join(tried or ["no zone offers it"]),
+                         hint="try another --gpu or --zone, --spot, or later")
+
+    def exists_meanwhile(self) -> Vm:
+        """409: another `up` (another machine) created NAME after we looked. Nothing of ours to
+        delete; reuse it when it is ours exactly as we would have made it, else say whose it is."""
+        inst = find(self.compute, self.settings, self.name)
+        if inst is None:
+            raise CloudError(f"VM {self.name} was created and deleted by someone else meanwhile",
+                             hint="nothing was deleted; try again")
+        vm = _reuse(self.compute, self.settings, inst, self.spec, self.key_path, self.say, self.extra)
+        if vm is None:
+            raise CloudError(f"VM {self.name} was created meanwhile and is not running", hint="nothing was deleted; try again")
+        return vm
+
+    def in_zone(self, zone: str) -> Vm:
+        compute, settings, name, say = self.compute, self.settings, self.name, self.say
+        body = render.body(self.spec, name=name, zone=zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(self.pub),
+                           extra_labels=self.extra, extra_metadata=self.metadata)
+        instance = render.instance(body)
+        request_id = str(uuid.uuid4())
+        say(f"creating {name} ({self.spec.gpu_label}, {self.spec.machine_type}) in {zone}")
         try:
-            return _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, say)
+            op = _insert(compute, zone, instance, request_id)
+        except Failure as failure:  # refused: nothing was created, nothing to delete
+            if failure.code in ("alreadyExists", "ALREADY_EXISTS", "Conflict"):
+                raise _Exists(zone) from None
+            raise
+        except BaseException as exc:  # interrupted mid-request: the insert may have gone through
+            with interrupts.shielded(f"finding out whether {name} was created, to delete it; please wait"):
+                self._undo_unknown(zone, instance, request_id, exc)
+            raise
+        instance_id = str(getattr(op, "target_id", "") or "") or None
+        try:
+            state.remember(settings, name, zone=zone, id=instance_id, created=datetime.now(timezone.utc).isoformat())
+            if self.on_insert is not None:
+                self.on_insert(name, zone, instance_id)
+            for w in getattr(op, "warnings", None) or []:
+                say(f"warning: {w.code}: {w.message}")
+            wait(compute, op, zone, what=f"creating {name}", timeout=compute.pacing.insert_timeout_s)
+            vm = _wait_ready(compute, settings, name, zone, self.key_path, say, settle=True)
+            vm.created = True
+            _pin(settings, vm)
+            return vm
+        except BaseException as exc:  # whatever happened after the insert was accepted: delete
+            reason = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                      else (exc.code if isinstance(exc, Failure) else "failed"))
+            with interrupts.shielded(f"deleting {name} first; please wait"):
+                self._undo(zone, Proof(instance_id=instance_id) if instance_id else self._label_proof(), reason)
+            raise
+
+    def _label_proof(self) -> Proof:
+        return Proof(run_id=self.extra.get(render.LABEL_RUN))
+
+    def _undo_unknown(self, zone, instance, request_id, exc) -> None:
+        """An insert whose answer never came: ask again with the same requestId (GCE answers with
+        the original operation, or refuses 409 when that insert never happened and someone
+        else's VM has the name) and delete only what that proves ours."""
+        try:
+            op = _insert(self.compute, zone, instance, request_id)
         except Failure as failure:
-            tried.append(f"{zone}: {failure.code}")
-            if failure.kind == FATAL:
-                raise CloudError(f"cannot create {name} in {zone}: {failure}", hint=_hint(failure)) from None
-            if failure.kind == REGION:
-                dead_regions.add(region)
-                say(f"{region}: {failure.code} ({failure.quota_metric or 'regional quota'}); trying another region")
-            else:
-                say(f"{zone}: {failure.code}; trying the next zone")
-            if failure.zones_available:
-                hinted = [z for z in failure.zones_available if z in queue]
-                queue = hinted + [z for z in queue if z not in hinted]
-    raise CloudError(f"could not create {name} ({what}) in any zone tried: " + "; ".join(tried or ["no zone offers it"]),
-                     hint="try another --gpu or --zone, --spot, or later")
+            if failure.code not in ("alreadyExists", "ALREADY_EXISTS", "Conflict"):
+                self.say(f"warning: could not tell whether {self.name} was created ({failure}); "
+                         f"see `python cli.py status`")
+            return
+        except Exception as again:
+            self.say(f"warning: could not tell whether {self.name} was created ({again}); see `python cli.py status`")
+            return
+        instance_id = str(getattr(op, "target_id", "") or "") or None
+        self._undo(zone, Proof(instance_id=instance_id) if instance_id else self._label_proof(),
+                   "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+
+    def _undo(self, zone, proof: Proof, reason: str) -> None:
+        """Delete the VM this `up` created (a second signal must not leak it: shielded)."""
+        try:
+            self.say(f"{reason}: deleting {self.name} in {zone} (signals wait until it is gone)")
+            delete(self.settings, self.name, zone, proof, compute=self.compute)
+        except Exception as exc:  # we tried; say exactly what may be left
+            self.say(f"warning: could not delete {self.name} in {zone}: {exc}; run `python cli.py down {self.name}`")
 
 
 def _hint(failure: Failure) -> str:
@@ -352,7 +464,7 @@ def _insert(compute, zone, instance, request_id):
     delay = compute.pacing.poll_s
     for attempt in range(4):
         try:
-            return compute.instances.insert(request=request)
+            return compute.instances.insert(request=request, timeout=compute.pacing.wait_call_s)
         except (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError, gexc.GatewayTimeout) as exc:
             if attempt == 3:
                 raise from_exception(exc, zone) from None
@@ -360,42 +472,9 @@ def _insert(compute, zone, instance, request_id):
             delay *= 2
         except gexc.GoogleAPICallError as exc:
             raise from_exception(exc, zone) from None
-
-
-def _create_in_zone(compute, settings, spec, name, zone, extra, pub, key_path, say) -> Vm:
-    body = render.body(spec, name=name, zone=zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(pub),
-                       extra_labels=extra)
-    instance = render.instance(body)
-    say(f"creating {name} ({spec.gpu_label}, {spec.machine_type}) in {zone}")
-    try:
-        op = _insert(compute, zone, instance, str(uuid.uuid4()))
-        for w in getattr(op, "warnings", None) or []:
-            say(f"warning: {w.code}: {w.message}")
-        wait(compute, op, zone, what=f"creating {name}")
-        state.remember(settings, name, zone=zone, created=datetime.now(timezone.utc).isoformat())
-        vm = _wait_ready(compute, settings, name, zone, key_path, say, settle=True)
-        vm.created = True
-        _pin(settings, vm)
-        return vm
-    except BaseException as exc:  # whatever happened, the insert may have gone through: delete
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, Failure) else "failed")
-        _cleanup(compute, settings, zone, name, reason, say)
-        raise
-
-
-def _cleanup(compute, settings, zone, name, reason, say) -> None:
-    """Delete the VM this `up` was creating; a second Ctrl-C must not leak it, so SIGINT waits."""
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
-    try:
-        say(f"{reason}: deleting {name} in {zone} (Ctrl-C is ignored until it is gone)")
-        _delete_and_wait(compute, zone, name)
-        state.forget(settings, name)
-    except Exception as exc:  # we tried; say exactly what may be left
-        say(f"warning: could not delete {name} in {zone}: {exc}; run `python cli.py down {name}`")
-    finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+        except Exception as exc:  # a timeout: asking again with the same requestId is safe
+            if not is_timeout(exc) or attempt == 3:
+                raise from_exception(exc, zone) from None
 
 
 def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -> Vm:
@@ -479,6 +558,7 @@ def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, 
         pass
     if auto_delete is None and "max_run_duration" in sched and started:
         auto_delete = started + timedelta(seconds=sched.max_run_duration.seconds)
+    meta = {item.key: item.value for item in inst.metadata.items} if "metadata" in inst else {}
     host = None
     for nic in inst.network_interfaces:
         for ac in nic.access_configs:
@@ -489,6 +569,7 @@ def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, 
         gpu=gpu.name if gpu else None, gpu_count=int(count), machine_type=machine,
         price_per_hour=cat.price(gpu, count, machine, spot), auto_delete_at=auto_delete,
         labels=dict(inst.labels), status=str(inst.status), created_at=created, spot=spot,
+        id=str(inst.id) if inst.id else None, run_bucket=meta.get(RUN_BUCKET_KEY),
     )
 
 
@@ -501,7 +582,7 @@ def _aggregated(compute, filt: str):
     return compute.instances.aggregated_list(request=request)
 
 
-def _find(compute, settings: Settings, name: str):
+def find(compute, settings: Settings, name: str):
     """The instance called NAME in any zone (state's zone first), or None."""
     from google.api_core import exceptions as gexc
 
@@ -523,7 +604,7 @@ def get(settings: Settings, name: str) -> Vm | None:
     from infra import clients, ssh
 
     compute = clients.compute(settings)
-    inst = _find(compute, settings, name)
+    inst = find(compute, settings, name)
     if inst is None or dict(inst.labels).get(render.MANAGED_BY) != "ferry":
         return None
     zone = _last(inst.zone)
@@ -565,78 +646,3 @@ def list_vms(settings: Settings, *, mine_only: bool = False) -> list[Vm]:
             if labels.get(render.MANAGED_BY) == "ferry" and (not mine_only or labels.get(render.LABEL_OWNER) == owner()):
                 out.append(vm_from_instance(inst, settings))
     return sorted(out, key=lambda v: (v.zone, v.name))
-
-
-# --------------------------------------------------------------------------- delete
-def _delete_and_wait(compute, zone: str, name: str) -> bool:
-    """Delete NAME in ZONE and wait until gone; False when it was already gone."""
-    from google.api_core import exceptions as gexc
-
-    deadline = time.monotonic() + compute.pacing.op_timeout_s
-    while True:
-        try:
-            op = compute.instances.delete(project=compute.project, zone=zone, instance=name)
-        except gexc.NotFound:
-            return False
-        except (gexc.BadRequest, gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.Conflict) as exc:
-            # e.g. resourceNotReady while an insert is still running: try again shortly
-            if time.monotonic() > deadline:
-                raise from_exception(exc, zone) from None
-            time.sleep(max(compute.pacing.poll_s, 0.2))
-            continue
-        try:
-            wait(compute, op, zone, what=f"deleting {name}")
-        except Failure as failure:
-            if "notFound" in failure.code or "RESOURCE_NOT_FOUND" in failure.code:
-                return False
-            raise CloudError(f"deleting {name} in {zone} failed: {failure}") from None
-        return True
-
-
-def delete(settings: Settings, name: str, zone: str | None = None) -> bool:
-    """Delete our VM NAME; True if deleted, False if it was already gone. Not ours: UsageError."""
-    results = delete_many(settings, [(name, zone)])
-    return results[name]
-
-
-def delete_many(settings: Settings, targets: list, progress: Progress | None = None) -> dict:
-    """Delete several VMs at once: [(name, zone|None)] -> {name: deleted?}. Issues every delete
-    first, then waits on each operation (VMs go in parallel)."""
-    from google.api_core import exceptions as gexc
-
-    from infra import clients
-
-    say = progress or (lambda message: None)
-    compute = clients.compute(settings)
-    pending, results = [], {}
-    for name, zone in targets:
-        templates.check_vm_name(name)
-        if zone is None:
-            inst = _find(compute, settings, name)
-            if inst is None:
-                results[name] = False
-                state.forget(settings, name)
-                continue
-            if dict(inst.labels).get(render.MANAGED_BY) != "ferry":
-                raise UsageError(f"VM {name} in {_last(inst.zone)} is not managed by ferry; not deleting it")
-            zone = _last(inst.zone)
-        say(f"deleting {name} in {zone}")
-        try:
-            op = compute.instances.delete(project=compute.project, zone=zone, instance=name)
-            pending.append((name, zone, op))
-        except gexc.NotFound:
-            results[name] = False
-            state.forget(settings, name)
-        except gexc.GoogleAPICallError:
-            pending.append((name, zone, None))  # retry through the patient path below
-    for name, zone, op in pending:
-        if op is None:
-            results[name] = _delete_and_wait(compute, zone, name)
-        else:
-            try:
-                wait(compute, op, zone, what=f"deleting {name}")
-                results[name] = True
-            except Failure as failure:
-                raise CloudError(f"deleting {name} in {zone} failed: {failure}") from None
-        state.forget(settings, name)
-    return results

@@ -24,7 +24,8 @@ def labels(spec: Spec, name: str, owner: str, extra: dict | None = None) -> dict
     return out
 
 
-def body(spec: Spec, *, name: str, zone: str, owner: str, ssh_keys: str, extra_labels: dict | None = None) -> dict:
+def body(spec: Spec, *, name: str, zone: str, owner: str, ssh_keys: str, extra_labels: dict | None = None,
+         extra_metadata: dict | None = None) -> dict:
     """The Instance resource for `instances.insert` in ZONE (camelCase REST JSON)."""
     scheduling = {
         # GPU VMs cannot live-migrate.
@@ -47,6 +48,10 @@ def body(spec: Spec, *, name: str, zone: str, owner: str, ssh_keys: str, extra_l
         metadata.append({"key": "install-nvidia-driver", "value": "True"})
     if spec.startup_script:
         metadata.append({"key": "startup-script", "value": spec.startup_script})
+    taken = {item["key"] for item in metadata}
+    for key, value in sorted((extra_metadata or {}).items()):
+        if key not in taken:
+            metadata.append({"key": str(key), "value": str(value)})
 
     result = {
         "name": name,

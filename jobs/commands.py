@@ -88,24 +88,35 @@ def logs(settings, run_id: str, follow: bool = False) -> None:
     try:
         final = follow_bucket(bucket, run_id, 0, write)
     except KeyboardInterrupt:
-        say("stopped following; the run goes on (cancel it by deleting its VM)")
+        say("stopped following; the run goes on (its VM deletes itself when the job ends)")
         raise Interrupted("interrupted") from None
     manifest = records.get_json(bucket, records.prefix(run_id) + "manifest.json") or {}
-    if manifest.get("delete_vm_when_done") and manifest.get("vm"):
-        from infra import provision
-
-        with shielded("deleting the run's VM first; please wait"):
-            try:
-                provision.delete(settings, manifest["vm"], manifest.get("zone"))
-                say(f"VM {manifest['vm']} deleted")
-                manifest["delete_vm_when_done"] = False
-                manifest["vm_deleted"] = True
-                records.put_json(bucket, records.prefix(run_id) + "manifest.json", manifest)
-            except Exception as exc:
-                say(f"warning: could not delete VM {manifest['vm']} ({exc})")
+    if manifest.get("vm_created_by_run") and not manifest.get("kept") and manifest.get("vm"):
+        _end_run_vm(settings, bucket, run_id, manifest)
     state = records.effective_state(final)
     say(f"{run_id} {state}")
     raise_for_state(state, final, run_id)
+
+
+def _end_run_vm(settings, bucket, run_id: str, manifest: dict) -> None:
+    """After a detached run: its VM normally deleted itself; delete what is left of it (e.g. one
+    that could only power itself off). The manifest is only a hint (anyone who can write the
+    bucket can write it): the instance must carry managed-by=ferry, ferry-owner=<you> and
+    ferry-run=<this run>, checked on the instance itself."""
+    from infra import provision
+    from infra.errors import CloudError
+    from jobs.launch import shielded
+
+    with shielded("deleting the run's VM first; please wait"):
+        try:
+            if provision.delete(settings, manifest["vm"], manifest.get("zone"), provision.Proof(run_id=run_id)):
+                say(f"VM {manifest['vm']} deleted")
+            manifest["vm_deleted"] = True
+            records.put_json(bucket, records.prefix(run_id) + "manifest.json", manifest)
+        except CloudError as exc:
+            say(f"warning: {exc}")
+        except Exception as exc:
+            say(f"warning: could not delete VM {manifest['vm']} ({exc})")
 
 
 # --------------------------------------------------------------------------- runs

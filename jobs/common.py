@@ -8,7 +8,10 @@ from infra.errors import CloudError, FerryError
 
 
 def say(message: str) -> None:
-    click.echo(f"ferry: {message}", err=True)
+    try:
+        click.echo(f"ferry: {message}", err=True)
+    except OSError:  # the terminal is gone (SIGHUP): the teardown goes on regardless
+        pass
 
 
 def bucket_of(settings, create: bool = True):

@@ -1,28 +1,36 @@
 """`run`: what a student once did by hand. Validate, stage datasets in the bucket, choose or
 provision a VM, sync the code, start the job under the on-VM runner (detached: it survives SSH
 dropping), stream its output, summarise, and delete the VM it provisioned whatever the outcome.
-The job's own output goes to stdout; ferry's progress lines go to stderr."""
+The job's own output goes to stdout; ferry's progress lines go to stderr.
+
+Every way out ends with the VM this run created deleted (proven ours by the instance id its
+insert returned): success, failure, SIGINT/SIGTERM/SIGHUP (the run is recorded `cancelled`,
+exit 128 + the signal), a runner that died (salvaged, `lost`, exit 3), a VM deleted under the
+job (`lost`, never "the job failed"), an unreachable cloud (exit 3 within ~30 s, with how to
+reattach). A detached run's VM deletes itself when the job ends (jobs/runner.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
-import signal
 import sys
 import time
-from contextlib import contextmanager
 
 import click
 
+from infra import interrupts
+from infra.commands import CONFIRM_OVER_USD
 from infra.errors import CloudError, FerryError, Interrupted, JobFailed, UsageError, unknown
 from jobs import catalog, params
 from jobs import runs as records
 from jobs.common import bucket_of, say
+from jobs.follow import Reachability, follow_bucket, salvage
+from jobs.runner import RUNNER_GONE
 
 RUNNER = "ferry/code/ferry_runner.py"
 DATA_DIR = "ferry/data"
-READY_MARKER = "ferry/.ready"
+SETUP_MARKER = "ferry/setup"  # the guest attribute a template's startup script reports its outcome in
 UPLOAD_INTERVAL_S = 2.0
 HEARTBEAT_INTERVAL_S = 10.0
 RECONNECT_FOR_S = 60.0
@@ -44,23 +52,7 @@ def run_paths(run_id: str) -> dict:
     return {"run_dir": run_dir, "out": f"{run_dir}/out", "data": DATA_DIR, "code": "ferry/code", "run_id": run_id}
 
 
-@contextmanager
-def shielded(message: str):
-    """Ctrl-C waits while we tear down (a half-deleted VM costs money)."""
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        say(message)
-
-    try:
-        signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+shielded = interrupts.shielded  # signals wait while we tear down (a half-deleted VM costs money)
 
 
 def _pinned_vm(settings, name: str | None):
@@ -121,36 +113,55 @@ def _dry_run(settings, job, values, argv, vm_name, keep, run_id) -> None:
     click.echo(f"results:   gs://{settings.bucket}/runs/<run-id>/")
     if vm_name:
         click.echo(f"VM:        {vm_name} (used as it is, left running)")
+        click.echo("dry run: nothing was created, changed or deleted")
         return
-    from infra import provision
-
-    plan = provision.plan(settings, template=job.template, name=_vm_name(run_id))
+    plan = _plan(settings, job, run_id, keep)
     price = f"${plan.price_per_hour:.2f}/h" if plan.price_per_hour is not None else "price unknown"
     click.echo(f"VM:        the one VM up, else a new one from template {job.template!r}: "
                f"{plan.spec.machine_type}, GPU {plan.spec.gpu.name if plan.spec.gpu else 'none'}, "
-               f"{'spot' if plan.spec.spot else 'on demand'}, {price}, deleted by the cloud after {plan.max_hours} h at most")
-    click.echo(f"teardown:  {'kept (--keep)' if keep else 'a VM this run creates is deleted when the run ends'}")
+               f"{'spot' if plan.spec.spot else 'on demand'}, {price}, deleted by the cloud after {plan.max_hours:g} h at most")
+    cost = "unknown" if plan.max_cost is None else f"${plan.max_cost:.2f}"
+    asks = plan.max_cost is not None and plan.max_cost > CONFIRM_OVER_USD
+    click.echo(f"cost:      at most {cost} (its {plan.max_hours:g} h limit)"
+               + (f"; above ${CONFIRM_OVER_USD:g}: `run` asks first unless --yes" if asks else ""))
+    click.echo(f"teardown:  {'kept (--keep)' if keep else 'a VM this run creates is deleted when the run ends (by the VM itself if nobody is attached)'}")
     for call in plan.calls:
         click.echo(f"  {call}")
+    click.echo("  instance body (instances.insert):")
+    click.echo(json.dumps(plan.body, indent=2))
     click.echo("dry run: nothing was created, changed or deleted")
+
+
+def _plan(settings, job, run_id, keep):
+    from infra import provision
+
+    return provision.plan(settings, template=job.template, name=_vm_name(run_id),
+                          labels=None if keep else {"ferry-run": run_id},
+                          metadata=None if keep else {provision.RUN_BUCKET_KEY: settings.bucket})
 
 
 class Session:
     """One `run`: its records in the bucket and its SSH link to the VM."""
 
-    def __init__(self, settings, job, values, argv, run_id):
+    def __init__(self, settings, job, values, argv, run_id, bucket=None):
         self.settings = settings
         self.job = job
         self.run_id = run_id
         self.paths = run_paths(run_id)
         self.prefix = records.prefix(run_id)
-        self.bucket = bucket_of(settings)
+        self.bucket = bucket if bucket is not None else bucket_of(settings)
         self.vm = None
+        self.owned = None          # (name, zone, instance id) of the VM this run created
         self.remote = None
         self.runner_started = False
+        self.handed_over = False   # detached: the runner ends the VM
         self.offset = 0
         self.t0 = time.time()
         self.vm_t0 = None
+        self.storage = Reachability(f"Cloud Storage (gs://{settings.bucket})",
+                                    f"the run goes on; follow it again with `python cli.py logs {run_id} --follow`")
+        self.compute_api = Reachability("the Compute Engine API",
+                                        f"the run goes on; follow it with `python cli.py logs {run_id} --follow`")
         self.manifest = {
             "run_id": run_id, "job": job.name, "params": values, "argv": argv, "datasets": list(job.datasets),
             "template": job.template, "backend": settings.backend, "project": settings.project,
@@ -161,16 +172,31 @@ class Session:
 
     # records --------------------------------------------------------------
     def put_manifest(self) -> None:
-        records.put_json(self.bucket, self.prefix + "manifest.json", self.manifest)
+        records.put_json(self.bucket, self.prefix + "manifest.json", self.manifest, quick=True)
 
     def put_status(self, state: str, **fields) -> None:
         self.status.update(fields, state=state, heartbeat=records.iso())
-        records.put_json(self.bucket, self.prefix + "status.json", self.status)
+        records.put_json(self.bucket, self.prefix + "status.json", self.status, quick=True)
 
     def bucket_status(self) -> dict | None:
-        return records.get_json(self.bucket, self.prefix + "status.json")
+        """status.json from the bucket; None when absent or Cloud Storage does not answer
+        (raises CloudError once it has not answered for 30 s in a row)."""
+        from jobs.follow import read_json
+
+        try:
+            st = read_json(self.bucket, self.prefix + "status.json")
+        except Exception as exc:
+            self.storage.failed(exc)
+            return None
+        self.storage.ok()
+        return st
 
     # the VM ---------------------------------------------------------------
+    def own(self, name: str, zone: str, instance_id: str | None) -> None:
+        """provision.up's on_insert: from its first moment, this run owns the VM."""
+        self.owned = (name, zone, instance_id)
+        self.manifest.update(vm=name, zone=zone, vm_id=instance_id)
+
     def connect(self) -> None:
         from infra import ssh
         from jobs.remote import SshRemote
@@ -180,9 +206,29 @@ class Session:
     def set_vm(self, vm) -> None:
         self.vm = vm
         self.manifest.update(vm=vm.name, zone=vm.zone, machine_type=vm.machine_type, gpu=_gpu_text(vm),
-                             spot=vm.spot, price_per_hour=vm.price_per_hour, vm_created_by_run=bool(vm.created))
+                             spot=vm.spot, price_per_hour=vm.price_per_hour, vm_created_by_run=bool(self.owned),
+                             vm_id=vm.id or self.manifest.get("vm_id"))
 
-    def start(self, ready_marker: str | None) -> None:
+    def vm_state(self) -> str | None:
+        """The VM's status from the API ('GONE' when deleted), None when the API does not answer."""
+        from google.api_core.exceptions import NotFound
+
+        from infra import clients
+
+        try:
+            compute = clients.compute(self.settings)
+            inst = compute.instances.get(project=compute.project, zone=self.vm.zone, instance=self.vm.name, timeout=10)
+        except NotFound:
+            self.compute_api.ok()
+            return "GONE"
+        except Exception as exc:
+            self.compute_api.failed(exc)
+            return None
+        self.compute_api.ok()
+        return str(inst.status)
+
+    def start(self, setup_wait: bool) -> None:
+        from infra import clients
         from jobs import sync
         from jobs.remote import check
 
@@ -193,59 +239,113 @@ class Session:
         if result.mode != "none":
             say(f"code {result.code_hash}: sent {result.files_sent} file(s), {result.bytes_sent / 1e3:.1f} kB ({result.mode})")
         self.put_manifest()
+        pacing = clients.LOCAL_PACING if self.settings.is_local else clients.GCP_PACING
         p = {
             "run_id": self.run_id, "bucket": self.settings.bucket,
             "project": None if self.settings.is_local else self.settings.project,
             "argv": self.manifest["argv"], "datasets": list(self.job.datasets), "data_dir": DATA_DIR,
             "upload_interval": UPLOAD_INTERVAL_S, "heartbeat_interval": HEARTBEAT_INTERVAL_S,
-            "ready_marker": ready_marker, "gpu": self.manifest.get("gpu"),
+            "setup_wait": setup_wait, "setup_poll": pacing.guest_poll_s, "gpu": self.manifest.get("gpu"),
+            # a VM this run created ends itself when the job ends, whether or not we are attached
+            "self_delete": bool(self.owned) and not self.manifest.get("kept"),
+            "compute_endpoint": clients.endpoints(self.settings)["compute"],
         }
         self.remote.write(f"{self.paths['run_dir']}/params.json", json.dumps(p, indent=2).encode())
         check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")
         self.runner_started = True
 
-    def follow(self) -> None:
-        """Stream output.log from the VM until the run ends; reconnect after a dropped link;
-        fall back to the bucket when the VM is unreachable."""
-        out = sys.stdout.buffer
-
+    def follow(self) -> dict:
+        """Stream output.log from the VM until the run ends -> its final status. Reconnects
+        after a dropped link; follows the bucket when the VM is unreachable; salvages a run
+        whose runner died; a VM gone under the job ends the run as `lost`."""
         def on_data(data: bytes) -> None:
-            out.write(data)
-            out.flush()
+            _write_out(data)
             self.offset += len(data)
 
         while True:
             try:
-                self.remote.stream(["python3", RUNNER, "follow", self.paths["run_dir"], "--offset", str(self.offset)], on_data)
-                return
+                code = self.remote.stream(["python3", RUNNER, "follow", self.paths["run_dir"], "--offset", str(self.offset)],
+                                          on_data)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # the SSH link dropped: the runner goes on without us
                 say(f"SSH connection lost ({exc.__class__.__name__}); the job goes on, reconnecting")
-                if not self._reconnect():
-                    say("VM unreachable; following the log in the bucket")
-                    follow_bucket(self.bucket, self.run_id, self.offset, on_data)
-                    return
+                how = self._reconnect()
+                if how == "ok":
+                    continue
+                if how == "vm-gone":
+                    return self._vm_gone(on_data)
+                if how == "unreachable":
+                    say("VM unreachable over SSH; following the log in the bucket")
+                return follow_bucket(self.bucket, self.run_id, self.offset, on_data, on_silent=self._silent)
+            final = self.bucket_status() or {}
+            if code == RUNNER_GONE:
+                return self._runner_gone("lost", "the runner on the VM died before the job ended (killed, out of memory, "
+                                                 "or the VM rebooted); what the job wrote until then is saved")
+            if records.effective_state(final) in records.FINAL:
+                return final
+            # the VM's run is over but the bucket does not say so: the runner could not write there
+            return self._runner_gone("failed", "the runner could not write the run's final status to the bucket")
 
-    def _reconnect(self) -> bool:
+    def _reconnect(self) -> str:
+        """-> 'ok' (reconnected), 'final' (the bucket has the end), 'vm-gone', 'unreachable'."""
         deadline = time.time() + RECONNECT_FOR_S
         delay = 0.2
         while time.time() < deadline:
             st = self.bucket_status()
             if st and st.get("state") in records.FINAL:
-                return False  # finished meanwhile (or the VM went away after a final flush)
+                return "final"  # finished meanwhile (or the VM went away after a final flush)
+            state = self.vm_state()
+            if state not in (None, "RUNNING"):
+                return "vm-gone"
             try:
                 self.remote.reconnect()
-                return True
+                return "ok"
             except KeyboardInterrupt:
                 raise
             except Exception:
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
-        return False
+        return "unreachable"
+
+    def _runner_gone(self, state: str, message: str) -> dict:
+        """The runner ended without its final word in the bucket: save what is on the VM's disk."""
+        say(f"{message}; saving its output from the VM")
+        try:
+            final = salvage(self.remote, self.bucket, self.run_id, self.paths["run_dir"], state, message)
+        except Exception as exc:
+            say(f"warning: could not salvage the run from the VM ({exc.__class__.__name__}: {exc})")
+            final = {"state": state, "message": message}
+            try:
+                self.put_status(state, ended=records.iso(), message=message)
+            except Exception:
+                pass
+        return final
+
+    def _vm_gone(self, on_data) -> dict:
+        """The VM was deleted or stopped under the job: lost (never "the job failed")."""
+        st = self.bucket_status() or {}
+        if records.effective_state(st) in records.FINAL:  # the runner flushed as the VM shut down
+            return follow_bucket(self.bucket, self.run_id, self.offset, on_data)
+        message = f"VM {self.vm.name} was deleted or stopped while the job ran"
+        say(message)
+        self.put_status("lost", ended=records.iso(), message=message)
+        return self.status
+
+    def _silent(self, status: dict) -> dict | None:
+        """follow_bucket: the runner has not beaten for a minute and SSH does not answer."""
+        state = self.vm_state()
+        if state is None:
+            return None  # the API does not answer either; follow_bucket gives up in time
+        if state != "RUNNING":
+            return self._vm_gone(lambda data: None)
+        message = f"the runner has been silent for a minute and VM {self.vm.name} does not answer SSH"
+        say(message)
+        self.put_status("lost", ended=records.iso(), message=message)
+        return self.status
 
     def cancel(self) -> None:
-        """Ctrl-C: ask the runner to stop the job and flush; show the end of the log."""
+        """A signal: ask the runner to stop the job and flush; record the run as cancelled."""
         if not self.runner_started:
             self.put_status("cancelled", ended=records.iso(), message="cancelled before the job started")
             return
@@ -268,7 +368,7 @@ class Session:
         self.manifest["wall_s"] = round(end - self.t0, 3)
         price = self.manifest.get("price_per_hour")
         if isinstance(price, (int, float)):
-            if self.manifest.get("vm_created_by_run") and self.vm_t0:
+            if self.owned and self.vm_t0:
                 seconds = end - self.vm_t0
             else:
                 seconds = records.duration_s(self.bucket_status() or self.status) or 0.0  # the job's time on it
@@ -280,43 +380,29 @@ class Session:
             pass
 
 
+def _write_out(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except (OSError, ValueError):  # the terminal went away (SIGHUP): the run goes on to its end
+        pass
+
+
 def _owner() -> str:
     from infra.settings import owner
 
     return owner()
 
 
-def follow_bucket(bucket, run_id: str, offset: int, on_data, poll: float = 0.5) -> dict:
-    """Print logs/output.log from the bucket from byte `offset` until the run's final state."""
-    blob = bucket.blob(records.prefix(run_id) + "logs/output.log")
-    from google.api_core.exceptions import NotFound
-
-    while True:
-        st = records.get_json(bucket, records.prefix(run_id) + "status.json")
-        try:
-            blob.reload()
-            if (blob.size or 0) > offset:
-                data = blob.download_as_bytes(start=offset)
-                offset += len(data)
-                on_data(data)
-        except NotFound:
-            pass
-        if records.effective_state(st) in records.FINAL:
-            # a final status is written after the last log upload: one more read and done
-            try:
-                blob.reload()
-                if (blob.size or 0) > offset:
-                    on_data(blob.download_as_bytes(start=offset))
-            except NotFound:
-                pass
-            return st or {}
-        time.sleep(poll)
-
-
 def _summary(session: Session, status: dict, deleted: bool | None) -> None:
+    from jobs.follow import read_json
+
     st = status or {}
     state = records.effective_state(st)
-    summary = records.get_json(session.bucket, session.prefix + "summary.json")
+    try:
+        summary = read_json(session.bucket, session.prefix + "summary.json")
+    except Exception:
+        summary = None
     best = records.best_accuracy(summary)
     job_s = records.duration_s(st)
     wall = time.time() - session.t0
@@ -333,8 +419,14 @@ def _summary(session: Session, status: dict, deleted: bool | None) -> None:
     cost = session.manifest.get("cost_estimate")
     vm = session.vm
     if vm is not None:
-        where = f"VM {vm.name} " + ("deleted" if deleted else "kept, still running: `python cli.py down " + vm.name + "`"
-                                    if session.manifest.get("vm_created_by_run") else "left running")
+        if not session.owned:
+            where = f"VM {vm.name} left running"
+        elif deleted:
+            where = f"VM {vm.name} deleted"
+        elif session.manifest.get("kept"):
+            where = f"VM {vm.name} kept, still running: `python cli.py down {vm.name}`"
+        else:
+            where = f"VM {vm.name} NOT deleted: `python cli.py down {vm.name}` (or `cleanup`)"
         price = f"; cost ≈ ${cost:.4f} at ${vm.price_per_hour:.2f}/h" if isinstance(cost, (int, float)) and vm.price_per_hour else ""
         say(where + price)
 
@@ -343,103 +435,125 @@ def raise_for_state(state: str, st: dict, run_id: str) -> None:
     if state == "succeeded":
         return
     if state == "failed":
-        raise JobFailed(f"run {run_id} failed" + (f" (exit code {st.get('exit_code')})" if st.get("exit_code") is not None else ""),
-                        hint=f"see `python cli.py logs {run_id}`")
+        if st.get("exit_code") is None:  # the job never ran or never ended by itself: infrastructure
+            raise CloudError(f"run {run_id} failed: {st.get('message') or 'before the job started'}",
+                             hint=f"see `python cli.py logs {run_id}`")
+        raise JobFailed(f"run {run_id} failed (exit code {st.get('exit_code')})", hint=f"see `python cli.py logs {run_id}`")
     if state == "cancelled":
         raise Interrupted(f"run {run_id} cancelled")
     if state == "preempted":
         raise CloudError(f"run {run_id}: the spot VM was preempted", hint="its log and metrics up to then are in the bucket; run it again")
-    raise CloudError(f"run {run_id} is {state}", hint="the VM stopped answering; see `python cli.py runs`")
+    raise CloudError(f"run {run_id} is {state}" + (f": {st['message']}" if st.get("message") else ""),
+                     hint=f"its log up to then is in the bucket: `python cli.py logs {run_id}`")
+
+
+def _confirm_cost(settings, job, run_id, keep, yes) -> None:
+    from infra.commands import CONFIRM_OVER_USD as limit
+    from infra.commands import confirm
+
+    plan = _plan(settings, job, run_id, keep)
+    if plan.max_cost is not None and plan.max_cost > limit:
+        confirm(f"run {job.name} on a new {plan.spec.gpu_label} VM ({plan.spec.machine_type}) at "
+                f"${plan.price_per_hour:.2f}/h may cost up to ${plan.max_cost:.2f} before its {plan.max_hours:g} h "
+                f"limit deletes it. Run it?", yes)
 
 
 def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool = False, detach: bool = False,
-        dry_run: bool = False) -> None:
+        dry_run: bool = False, yes: bool = False) -> None:
+    from infra import templates
+
     j = catalog.get(job)
     values = params.resolve(j, overrides)
     run_id = records.new_run_id(j.name)
     argv = params.argv(j, values, run_paths(run_id))
     if vm:
-        from infra.templates import check_vm_name
-
-        check_vm_name(vm)
+        templates.check_vm_name(vm)
+    spec = templates.load(j.template)  # validated before anything is created
     if dry_run:
         _dry_run(settings, j, values, argv, vm, keep, run_id)
         return
-    from infra import templates
-
-    spec = templates.load(j.template)  # validated before anything is created
-    ready = READY_MARKER if (not settings.is_local and ".ready" in (spec.startup_script or "")) else None
+    setup_wait = SETUP_MARKER in (spec.startup_script or "")
 
     chosen = _choose_vm(settings, vm)  # read-only: a bad --vm is exit 2 before any record is written
+    if chosen is None:
+        _confirm_cost(settings, j, run_id, keep, yes)
+    bucket = bucket_of(settings)
+    from jobs import datasets
 
-    session = Session(settings, j, values, argv, run_id)
-    changed = [f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v]
-    say(f"run {run_id}: {' '.join([j.name, *changed])}")
-    session.put_manifest()
-    session.put_status("provisioning")
-    created = False
+    for name in j.datasets:  # a missing or bad source is exit 2 here, before any run record
+        datasets.ensure(bucket, name, settings.home, progress=say)
+    interrupts.check()
+
+    session = Session(settings, j, values, argv, run_id, bucket)
+    session.manifest["kept"] = bool(keep)
     final: dict | None = None
     deleted = None
     try:
-        from jobs import datasets
-
-        for name in j.datasets:
-            datasets.ensure(session.bucket, name, settings.home, progress=say)
+        changed = [f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v]
+        say(f"run {run_id}: {' '.join([j.name, *changed])}")
+        session.put_manifest()
+        session.put_status("provisioning")
         if chosen is None:
             from infra import provision
 
             session.vm_t0 = time.time()
             say(f"provisioning a VM from template {j.template!r}")
             # A kept VM is the user's from the start, like one from `up`: no ferry-run label, so
-            # `cleanup` leaves it and later runs use it.
+            # `cleanup` leaves it and later runs use it. A run's VM says where its record lives.
             chosen = provision.up(settings, template=j.template, name=_vm_name(run_id),
-                                  labels=None if keep else {"ferry-run": run_id}, progress=say)
-            created = True
+                                  labels=None if keep else {"ferry-run": run_id},
+                                  metadata=None if keep else {provision.RUN_BUCKET_KEY: settings.bucket},
+                                  progress=say, on_insert=session.own)
             say(f"VM {chosen.name} up in {chosen.zone} ({time.time() - session.vm_t0:.1f} s)")
         else:
             say(f"using VM {chosen.name} in {chosen.zone}")
         session.set_vm(chosen)
-        if created and (keep or detach):
-            session.manifest["delete_vm_when_done"] = bool(detach and not keep)
         session.connect()
-        session.start(ready)
+        session.start(setup_wait)
         if detach:
+            session.handed_over = True
             say(f"started {run_id} on {chosen.name}; follow it with `python cli.py logs {run_id} --follow`"
-                + ("; the VM is deleted when that ends (or by `python cli.py down`)" if created and not keep else ""))
+                + ("; the VM deletes itself when the job ends" if session.owned and not keep else ""))
             session.put_manifest()
             return
-        session.follow()
-        final = session.bucket_status() or {}
-        state = records.effective_state(final)
-        if state not in records.FINAL:  # the follow ended early: wait for the runner's last word
-            final = follow_bucket(session.bucket, run_id, session.offset, lambda b: (sys.stdout.buffer.write(b), sys.stdout.buffer.flush()))
+        final = session.follow()
     except KeyboardInterrupt:
-        with shielded("interrupted: cancelling the job and deleting the VM first; please wait"):
+        with shielded("cancelling the job and deleting the VM first; please wait"):
             try:
                 session.cancel()
             except Exception as exc:
                 say(f"could not confirm the cancellation ({exc.__class__.__name__})")
-        final = session.bucket_status() or {"state": "cancelled"}
-        if final.get("state") not in records.FINAL:
-            final = {"state": "cancelled"}
+            final = session.bucket_status() or {"state": "cancelled"}
+            if final.get("state") not in records.FINAL:
+                final = {"state": "cancelled"}
     except FerryError as exc:
-        _record_failure(session, exc)
+        with shielded("recording the failure and deleting the VM first; please wait"):
+            _record_failure(session, exc)
         raise
     except Exception as exc:
-        _record_failure(session, exc)
+        with shielded("recording the failure and deleting the VM first; please wait"):
+            _record_failure(session, exc)
         raise CloudError(f"run {run_id}: {exc.__class__.__name__}: {exc}") from exc
     finally:
-        if session.remote is not None:
-            session.remote.close()
-        if session.vm is not None and created and not keep and not detach:
-            with shielded(f"deleting VM {session.vm.name} first; please wait"):
-                deleted = _delete_vm(settings, session.vm)
-        elif created and keep:
-            deleted = False
-        if not detach and session.vm is not None:
-            session.finish_manifest(bool(deleted))
+        with shielded("deleting the VM first; please wait"):
+            deleted = _teardown(session, keep)
     _summary(session, final, deleted)
     raise_for_state(records.effective_state(final), final, run_id)
+
+
+def _teardown(session: Session, keep: bool) -> bool | None:
+    """Close the link; delete the VM this run created (unless kept, or handed to a detached
+    runner that deletes it itself); record the run's cost. -> deleted?"""
+    if session.remote is not None:
+        session.remote.close()
+    deleted = None
+    if session.owned and not keep and not session.handed_over:
+        deleted = _delete_vm(session)
+    elif session.owned and keep:
+        deleted = False
+    if not session.handed_over and (session.vm is not None or session.owned):
+        session.finish_manifest(bool(deleted))
+    return deleted
 
 
 def _vm_name(run_id: str) -> str:
@@ -456,12 +570,16 @@ def _record_failure(session: Session, exc: BaseException) -> None:
         pass
 
 
-def _delete_vm(settings, vm) -> bool:
+def _delete_vm(session: Session) -> bool:
+    """Delete the VM this run created, proven by the instance id its insert returned (or, when
+    the API never said it, by the labels naming this run)."""
     from infra import provision
 
+    name, zone, instance_id = session.owned
+    proof = provision.Proof(instance_id=instance_id) if instance_id else provision.Proof(run_id=session.run_id)
     try:
-        provision.delete(settings, vm.name, vm.zone)
-        return True
+        return provision.delete(session.settings, name, zone, proof)
     except Exception as exc:
-        say(f"warning: could not delete VM {vm.name} ({exc}); delete it with `python cli.py down {vm.name}`")
+        say(f"warning: could not delete VM {name} ({exc}); delete it with `python cli.py down {name}` "
+            "(or `python cli.py cleanup`)")
         return False

@@ -7,21 +7,31 @@ standard library and google-cloud-storage. Every path is relative to the login d
 
     python3 ferry/code/ferry_runner.py start  RUN_DIR      start the job detached, return
     python3 ferry/code/ferry_runner.py follow RUN_DIR [--offset N]   stream the log until the end
-    python3 ferry/code/ferry_runner.py cancel RUN_DIR      SIGTERM the runner: flush and stop
+    python3 ferry/code/ferry_runner.py cancel RUN_DIR      ask the runner to stop: flush and stop
     python3 ferry/code/ferry_runner.py status RUN_DIR      print status.json
 
 RUN_DIR holds `params.json` (written by `ferry run`): run_id, bucket, project, argv, env,
-datasets, upload_interval, heartbeat_interval, ready_marker, ready_timeout, gpu. The
-runner writes there `output.log` (the job's stdout and stderr, in order), `status.json`,
-`runner.log`, `runner.pid`, and the job writes `out/` (metrics.jsonl, summary.json,
-artifacts). Every few seconds, and once more at the end, it uploads them to
-`gs://BUCKET/runs/RUN_ID/`: logs/output.log, metrics.jsonl, summary.json, artifacts/...,
-and status.json last, so that a final status in the bucket means everything else is there.
+datasets, upload_interval, heartbeat_interval, setup_wait, setup_timeout, setup_poll, gpu,
+self_delete, compute_endpoint. The runner writes there `output.log` (the job's stdout and
+stderr, in order), `status.json`, `runner.log`, `runner.pid`, and the job writes `out/`
+(metrics.jsonl, summary.json, artifacts). Every few seconds, and once more at the end, it
+uploads them to `gs://BUCKET/runs/RUN_ID/`: logs/output.log, metrics.jsonl, summary.json,
+artifacts/..., and status.json last, so that a final status in the bucket means everything
+else is there. Before the job starts it proves it can write there (else the run fails in
+seconds, saying why), and waits for the VM's start-up script to report its outcome (guest
+attribute `ferry/setup`: `ok`, or `failed: STEP` with `ferry/setup-log`).
 
 The job ends the run in one of these states: succeeded (exit 0), failed (non-zero exit),
-cancelled (SIGTERM to the runner, e.g. Ctrl-C in `ferry run`), preempted (the metadata
-server's `instance/preempted` turned TRUE). In every case the runner stops the job, then
+cancelled (`cancel`, e.g. Ctrl-C in `ferry run`), preempted (the metadata server's
+`instance/preempted` turned TRUE), lost (the VM shut down under the job: deleted, stopped or
+rebooted; never reported as the job failing). In every case the runner stops the job, then
 flushes everything before it exits.
+
+A run VM ends itself (`self_delete`): after its final upload the runner deletes its own
+instance through the Compute Engine API with the VM's own credentials (the metadata server's
+token; the template grants the compute scope), checking first that the instance is this run's
+(label ferry-run); if the API refuses, it powers the VM off (a stopped VM bills no GPU or CPU;
+`cleanup` deletes it). While a `follow` is attached it leaves that to the attached CLI.
 """
 
 from __future__ import annotations
@@ -42,6 +52,11 @@ from pathlib import Path
 
 FINAL_STATES = ("succeeded", "failed", "cancelled", "preempted", "lost")
 LOG_PREFIX = "[ferry] "
+RUNNER_GONE = 75          # `follow`'s exit status when the runner died before a final status
+FOLLOWER_BEAT = "follower"  # touched every second by an attached `follow`
+FOLLOWER_FRESH_S = 3.0
+CANCEL_FILE = "cancel-requested"
+COMPUTE_API = "https://compute.googleapis.com"
 
 
 def now_iso() -> str:
@@ -84,6 +99,21 @@ def metadata_get(path: str, *, wait: bool = False, etag: str | None = None, time
     req = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.read().decode().strip(), resp.headers.get("ETag")
+
+
+def guest_attribute(key: str, timeout: float = 5.0) -> str | None:
+    """instance/guest-attributes/KEY, None while absent; raises PermissionError when the VM's
+    guest attributes are disabled, OSError when the metadata server is unreachable."""
+    import urllib.error
+
+    try:
+        return metadata_get(f"instance/guest-attributes/{key}", timeout=timeout)[0]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        if exc.code == 403:
+            raise PermissionError("guest attributes are disabled on this VM") from None
+        raise
 
 
 class PreemptionWatch(threading.Thread):
@@ -159,9 +189,12 @@ class Uploader:
         self._seen[name] = key
         return True
 
-    def put_json(self, name: str, data: dict) -> None:
+    def put_json(self, name: str, data: dict, quick: bool = False) -> None:
+        """Upload NAME; `quick`: one try with a short timeout (the caller retries)."""
         blob = self.bucket().blob(self.prefix + name)
-        blob.upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json")
+        extra = {"retry": None, "timeout": 10} if quick else {}
+        blob.upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json",
+                                **extra)
 
     def sync(self, run_dir: Path, force: bool = False) -> int:
         """Log, metrics, summary and artifacts; returns how many objects were written."""
@@ -291,20 +324,60 @@ class Runner:
         self.stop_requested.set()
         self.wake.set()
 
-    def wait_ready(self) -> bool:
-        marker = self.params.get("ready_marker")
-        if not marker:
-            return True
-        path = Path(marker).expanduser()
-        deadline = time.time() + float(self.params.get("ready_timeout", 900))
-        if not path.exists():
-            self.say(f"waiting for the VM's start-up script ({marker})")
-        while not path.exists():
-            if time.time() > deadline or self.stop_requested.is_set():
-                return False
+    def wait_setup(self) -> str | None:
+        """Wait for the start-up script's outcome -> None when ready, else why the run cannot
+        start. Polls guest attribute ferry/setup (GCE allows ~10 reads a minute: setup_poll)."""
+        if not self.params.get("setup_wait"):
+            return None
+        deadline = time.time() + float(self.params.get("setup_timeout", 900))
+        poll = float(self.params.get("setup_poll", 6.0))
+        said = False
+        while True:
+            try:
+                outcome = guest_attribute("ferry/setup")
+            except PermissionError:
+                self.say("warning: guest attributes are disabled: not waiting for the start-up script")
+                return None
+            except OSError as exc:
+                self.note(f"metadata server: {exc.__class__.__name__}: {exc}")
+                outcome = None
+            if outcome is not None:
+                if outcome.strip() == "ok":
+                    return None
+                try:
+                    tail = guest_attribute("ferry/setup-log") or ""
+                except OSError:
+                    tail = ""
+                last = [line for line in tail.strip().splitlines() if line.strip()][-5:]
+                for line in last:
+                    self.say(f"start-up script: {line}")
+                return f"the VM's start-up script {outcome.strip()}" + (f" ({last[-1].strip()})" if last else "")
+            if not said:
+                self.say("waiting for the VM's start-up script to finish")
+                said = True
+            if time.time() > deadline:
+                return f"the VM's start-up script did not finish within {float(self.params.get('setup_timeout', 900)):.0f} s"
+            if self.stop_requested.is_set():
+                return "cancelled before start"
             self.write_status(upload=False)
-            self.wake.wait(1.0)
-        return True
+            self.wake.wait(poll)
+
+    def check_bucket(self) -> str | None:
+        """Prove the run's folder in the bucket is writable before the job starts -> None, or
+        why not (IAM of the VM's service account, a missing package, no network)."""
+        last = None
+        for attempt in range(4):
+            try:
+                self.uploader.put_json("status.json", self.status, quick=True)
+                self._last_status_upload = time.time()
+                return None
+            except Exception as exc:  # ImportError included: google-cloud-storage missing
+                last = f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}"
+                self.note(f"bucket check failed: {last}")
+                if isinstance(exc, ImportError):
+                    break
+                time.sleep(0.5 * 2**attempt)
+        return f"cannot write to gs://{self.params['bucket']}/runs/{self.run_id}/ from the VM: {last}"
 
     def stage(self) -> None:
         names = self.params.get("datasets") or []
@@ -341,17 +414,26 @@ class Runner:
         self.log_path.touch()
         PreemptionWatch(self.preempted, self.note).start()
         threading.Thread(target=self._wake_on_preemption, daemon=True).start()
-        self.write_status(upload=True)
+        write_json_atomic(self.status_path, self.status)
         proc = None
         state, exit_code, message = None, None, None
+        bucket_ok = True
         try:
-            if not self.wait_ready():
-                state, message = ("cancelled", "cancelled before start") if self.stop_requested.is_set() else ("failed", "the VM's start-up script did not finish")
+            message = self.check_bucket()
+            if message is not None:
+                state, bucket_ok = "failed", False
+                self.say(f"error: {message}")
             else:
+                message = self.wait_setup()
+                if message is not None:
+                    state = "cancelled" if self.stop_requested.is_set() else "failed"
+                    if state == "failed":
+                        self.say(f"error: {message}")
+            if state is None:
                 self.status["gpu"] = gpu_name() or self.params.get("gpu")
                 self.stage()
             if state is None and (self.stop_requested.is_set() or self.preempted.is_set()):
-                state = "preempted" if self.preempted.is_set() else "cancelled"
+                state = self._stopped_state()
             if state is None:
                 proc = self.start_job()
                 self.set_state("running", started=now_iso())
@@ -364,23 +446,86 @@ class Runner:
                 self.stop_job(proc)
                 if exit_code is None:
                     exit_code = proc.returncode
-        if message is None and state in ("cancelled", "preempted"):
-            message = "preempted: the VM is being stopped" if state == "preempted" else "cancelled"
-            self.say(f"{state}; the job was stopped")
-        self.flush(final=True)
+        if message is None and state in ("cancelled", "preempted", "lost"):
+            message = {"preempted": "preempted: the VM is being stopped", "cancelled": "cancelled",
+                       "lost": "the VM shut down under the job (deleted, stopped or rebooted)"}[state]
+            self.say(f"{state}; the job was stopped" if state != "lost" else f"{message}; the job was stopped")
         self.status.update(state=state, exit_code=exit_code, ended=now_iso(), message=message)
-        # status.json goes last: a final status in the bucket means the rest is there too.
-        for attempt in range(5):
-            try:
-                self.status["heartbeat"] = now_iso()
-                self.uploader.put_json("status.json", self.status)
-                break
-            except Exception as exc:
-                self.note(f"final status upload failed: {exc}")
-                time.sleep(0.5 * 2**attempt)
+        if bucket_ok:
+            self.flush(final=True)
+            # status.json goes last: a final status in the bucket means the rest is there too.
+            for attempt in range(5):
+                try:
+                    self.status["heartbeat"] = now_iso()
+                    self.uploader.put_json("status.json", self.status)
+                    break
+                except Exception as exc:
+                    self.note(f"final status upload failed: {exc}")
+                    time.sleep(0.5 * 2**attempt)
         write_json_atomic(self.status_path, self.status)
         self.note(f"done: {state} (exit code {exit_code})")
+        if self.params.get("self_delete"):
+            self.end_vm()
         return 0
+
+    def _stopped_state(self) -> str:
+        """Why the job is being stopped: preempted (the metadata server says so), cancelled
+        (someone ran `cancel`), else the VM itself is shutting down (lost)."""
+        if self.preempted.is_set() or _preempted_now():
+            return "preempted"
+        if (self.run_dir / CANCEL_FILE).exists():
+            return "cancelled"
+        return "lost"
+
+    # ------------------------------------------------------------------ the VM's end
+    def end_vm(self) -> None:
+        """Delete this VM through the Compute Engine API (it must carry ferry-run=<this run>);
+        power it off if the API refuses. An attached CLI does it instead, while attached."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # everything is saved: a shutdown may end us now
+        deadline = time.time() + float(self.params.get("follower_grace", 60))
+        while _follower_attached(self.run_dir) and time.time() < deadline:
+            time.sleep(0.5)  # the attached `ferry run` deletes the VM (and this process with it)
+        try:
+            self._delete_self()
+            self.note("deleting this VM through the Compute Engine API")
+            return
+        except Exception as exc:
+            self.note(f"could not delete this VM through the API ({exc.__class__.__name__}: {exc}); powering off")
+        self._poweroff()
+
+    def _delete_self(self) -> None:
+        import google.auth.compute_engine
+        from google.auth.transport.requests import AuthorizedSession
+
+        project = metadata_get("project/project-id")[0]
+        zone = metadata_get("instance/zone")[0].rsplit("/", 1)[-1]
+        name = metadata_get("instance/name")[0]
+        session = AuthorizedSession(google.auth.compute_engine.Credentials())
+        base = (self.params.get("compute_endpoint") or COMPUTE_API).rstrip("/")
+        url = f"{base}/compute/v1/projects/{project}/zones/{zone}/instances/{name}"
+        got = session.get(url, timeout=30)
+        got.raise_for_status()
+        labels = got.json().get("labels") or {}
+        if labels.get("ferry-run") != self.run_id or labels.get("managed-by") != "ferry":
+            raise RuntimeError(f"this instance is not run {self.run_id}'s VM (labels {labels}); not deleting it")
+        session.delete(url, timeout=30).raise_for_status()
+
+    def _poweroff(self) -> None:
+        import shutil
+
+        found = shutil.which("shutdown")
+        if found is None:
+            self.note("no shutdown command; the VM stays up until its run-time limit")
+            return
+        system = os.path.dirname(os.path.realpath(found)) in ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
+        if system and metadata_host() not in ("metadata.google.internal", "169.254.169.254"):
+            self.note(f"refusing to run {found}: this is not a Compute Engine VM")
+            return
+        argv = [found, "-h", "now"] if os.geteuid() == 0 else ["sudo", "-n", found, "-h", "now"]
+        try:
+            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.note(f"power off failed: {exc}")
 
     def _wake_on_preemption(self) -> None:
         self.preempted.wait()
@@ -418,20 +563,30 @@ class Runner:
         while True:
             rc = proc.poll()
             if rc is not None:
+                if rc != 0 and _killed_by_signal(rc) and not self.stop_requested.is_set():
+                    # the job died of a signal: if the VM is shutting down, our SIGTERM follows
+                    self.stop_requested.wait(1.5)
+                if self.stop_requested.is_set() or self.preempted.is_set():
+                    return self._stopped_state(), rc
                 return ("succeeded" if rc == 0 else "failed"), rc
-            if self.preempted.is_set():
+            if self.preempted.is_set() or self.stop_requested.is_set():
                 self.stop_job(proc)
-                return "preempted", proc.returncode
-            if self.stop_requested.is_set():
-                self.stop_job(proc)
-                # A preemption also sends SIGTERM; the metadata server says which it was.
-                if self.preempted.is_set() or _preempted_now():
-                    return "preempted", proc.returncode
-                return "cancelled", proc.returncode
+                return self._stopped_state(), proc.returncode
             self.flush()
             self.write_status(upload=False)
             self.wake.wait(self.upload_interval)
             self.wake.clear()
+
+
+def _killed_by_signal(rc: int) -> bool:
+    return rc < 0 or rc in (128 + signal.SIGTERM, 128 + signal.SIGKILL, 128 + signal.SIGHUP, 128 + signal.SIGINT)
+
+
+def _follower_attached(run_dir: Path) -> bool:
+    try:
+        return time.time() - (run_dir / FOLLOWER_BEAT).stat().st_mtime < FOLLOWER_FRESH_S
+    except OSError:
+        return False
 
 
 def _preempted_now() -> bool:
@@ -481,20 +636,47 @@ def cmd_start(run_dir: Path) -> int:
     return 0 if ok else 1
 
 
+def _runner_alive(run_dir: Path) -> bool:
+    try:
+        pid = int((run_dir / "runner.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
 def cmd_follow(run_dir: Path, offset: int, poll: float = 0.05) -> int:
-    """Write output.log from byte `offset` to stdout as it grows; return once the run ended."""
+    """Write output.log from byte `offset` to stdout as it grows; return 0 once the run ended,
+    RUNNER_GONE when the runner died without a final status (the caller salvages the run).
+    While it follows it beats `follower`, telling the runner an attached CLI ends the VM."""
     log_path = run_dir / "output.log"
     status_path = run_dir / "status.json"
+    beat = run_dir / FOLLOWER_BEAT
     out = sys.stdout.buffer
     deadline = time.time() + 60
     while not log_path.exists():
-        if time.time() > deadline:
+        if time.time() > deadline or not _runner_alive(run_dir):
             print("no output.log", file=sys.stderr)
-            return 1
+            return RUNNER_GONE
         time.sleep(poll)
+    last_beat = last_check = 0.0
     with open(log_path, "rb") as f:
         f.seek(offset)
         while True:
+            now = time.time()
+            if now - last_beat >= 1.0:
+                beat.touch()
+                last_beat = now
             chunk = f.read(1 << 16)
             if chunk:
                 out.write(chunk)
@@ -507,11 +689,22 @@ def cmd_follow(run_dir: Path, offset: int, poll: float = 0.05) -> int:
                     out.write(chunk)
                     out.flush()
                 return 0
+            if now - last_check >= 1.0:
+                last_check = now
+                if not _runner_alive(run_dir):
+                    time.sleep(0.2)  # it may have written its final status as it exited
+                    if (read_json(status_path) or {}).get("state") not in FINAL_STATES:
+                        chunk = f.read()
+                        if chunk:
+                            out.write(chunk)
+                            out.flush()
+                        return RUNNER_GONE
             time.sleep(poll)
 
 
 def cmd_cancel(run_dir: Path) -> int:
     try:
+        (run_dir / CANCEL_FILE).touch()  # a SIGTERM without it means the VM is shutting down
         pid = int((run_dir / "runner.pid").read_text())
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError) as exc:

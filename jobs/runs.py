@@ -81,15 +81,26 @@ def prefix(run_id: str) -> str:
     return f"runs/{run_id}/"
 
 
-def put_json(bucket, name: str, data: dict) -> None:
-    bucket.blob(name).upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json")
+def bounded_retry(seconds: float = 15.0):
+    """The storage client's retry, bounded: a record write must not hang for minutes."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(seconds) if hasattr(DEFAULT_RETRY, "with_timeout") else DEFAULT_RETRY.with_deadline(seconds)
 
 
-def get_json(bucket, name: str):
+def put_json(bucket, name: str, data: dict, quick: bool = False) -> None:
+    """Write a record; `quick`: retries bounded to ~15 s (while attached to a run)."""
+    extra = {"retry": bounded_retry(), "timeout": 10} if quick else {}
+    bucket.blob(name).upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json",
+                                         **extra)
+
+
+def get_json(bucket, name: str, quick: bool = False):
     from google.api_core.exceptions import NotFound
 
+    extra = {"retry": bounded_retry(), "timeout": 10} if quick else {}
     try:
-        return json.loads(bucket.blob(name).download_as_bytes())
+        return json.loads(bucket.blob(name).download_as_bytes(**extra))
     except NotFound:
         return None
     except ValueError:

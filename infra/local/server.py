@@ -20,12 +20,18 @@ from urllib.parse import parse_qs, urlparse
 
 from infra.local import VERSION
 from infra.local.compute import exceptions as exc
-from infra.local.compute.models import Compute
+from infra.local.compute.models import COMPUTE_SCOPES, Compute
 from infra.local.compute.responses import ComputeResponses
 from infra.local.compute.urls import route
 from infra.local.control_api import ControlApi, RequestLog
 
 log = logging.getLogger("ferry.local")
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return None
 
 
 class ComputeHandler(BaseHTTPRequestHandler):
@@ -55,9 +61,15 @@ class ComputeHandler(BaseHTTPRequestHandler):
             status, payload = srv.control.handle(method, parsed.path, query, body)
             return self._send(status, payload)
         srv.request_log.add("compute", method, parsed.path, parsed.query)
+        delay = srv.compute.faults.call_delay("compute", method, parsed.path)
+        if delay:
+            time.sleep(delay)
         injected = srv.compute.faults.http_error("compute", method, parsed.path)
         if injected:
             return self._send(injected, exc.injected(injected).body())
+        scopes = srv.compute.token_scopes(_bearer(self.headers.get("Authorization")))
+        if scopes is not None and not any(s in COMPUTE_SCOPES for s in scopes):
+            return self._send(403, exc.insufficient_scopes().body())
         handler, params = route(method, parsed.path)
         if handler is None:
             return self._send(404, exc.GceError(404, f"The requested URL {parsed.path} was not found on this server.", "notFound").body())
@@ -107,10 +119,10 @@ class ComputeServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def vm_factory(spec: dict):
+def vm_factory(spec: dict, host=None):
     from infra.local.vm import LocalVm, VmSpec
 
-    return LocalVm(VmSpec(**spec))
+    return LocalVm(VmSpec(**spec), host=host)
 
 
 def _warm_vm_runtime() -> None:

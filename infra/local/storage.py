@@ -22,6 +22,7 @@ import io
 import json
 import re
 import threading
+import time
 from functools import partial
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -53,6 +54,9 @@ class _Handler(gse.RequestHandler):
             self.headers["Content-Length"] = str(len(raw))
         original, self.rfile = self.rfile, io.BytesIO(raw)
         try:
+            delay = srv.faults.call_delay("storage", method, parsed.path) if srv.faults else 0.0
+            if delay:
+                time.sleep(delay)
             status = srv.faults.http_error("storage", method, parsed.path) if srv.faults else None
             if status:
                 return self._error(status, "backendError", "Injected failure (local fault).")

@@ -126,24 +126,63 @@ def test_start_detaches_and_follow_streams_until_the_end(gcs, metadata, vm_home)
     assert follow.communicate(timeout=10)[0].decode() == (run_dir / "output.log").read_text()[10:]
 
 
-@pytest.mark.parametrize("how", ["sigterm", "preempt"])
-def test_sigterm_and_preemption_flush_and_stop(gcs, metadata, vm_home, how):
+@pytest.mark.parametrize("how,expected", [("cancel", "cancelled"), ("shutdown", "lost"), ("preempt", "preempted")])
+def test_cancel_shutdown_and_preemption_flush_and_stop(gcs, metadata, vm_home, how, expected):
+    """`cancel` is the user's; a bare SIGTERM is the VM shutting down under the job (deleted or
+    stopped: lost, never "the job failed"); preemption is what the metadata server says."""
     url, bucket = gcs
     state, host = metadata
-    rid = f"selftest-20250101-000000-{'dddd' if how == 'sigterm' else 'eeee'}"
+    rid = f"selftest-20250101-000000-{ {'cancel': 'dddd', 'shutdown': 'dddx', 'preempt': 'eeee'}[how]}"
     run_dir = prepare(vm_home, rid, ["epochs=1000", "sleep=0.05"])
-    p = runner(vm_home, "serve", str(run_dir), env=env_for(url, host))
+    env = env_for(url, host)
+    p = runner(vm_home, "serve", str(run_dir), env=env)
     wait_for(lambda: "epoch 5 " in (run_dir / "output.log").read_text() if (run_dir / "output.log").exists() else False)
-    if how == "sigterm":
+    (run_dir / "runner.pid").write_text(str(p.pid))
+    if how == "cancel":
+        assert runner(vm_home, "cancel", str(run_dir), env=env).wait(10) == 0
+    elif how == "shutdown":
         p.send_signal(signal.SIGTERM)
     else:
         state.update(preempted="TRUE")
     assert p.wait(20) == 0
     status = json.loads(blob_text(bucket, f"runs/{rid}/status.json"))
-    assert status["state"] == ("cancelled" if how == "sigterm" else "preempted")
+    assert status["state"] == expected, status
     log = blob_text(bucket, f"runs/{rid}/logs/output.log")
     assert log == (run_dir / "output.log").read_text()  # everything the job printed is in the bucket
     assert "epoch 5 " in log
+
+
+def test_a_job_killed_by_the_vm_shutting_down_is_lost_not_failed(gcs, metadata, vm_home):
+    """The VM's shutdown signals every process at once: the job may die before the runner
+    hears its own SIGTERM. That is still the VM going away, not the job failing."""
+    url, bucket = gcs
+    rid = "selftest-20250101-000000-kill"
+    run_dir = prepare(vm_home, rid, ["epochs=1000", "sleep=0.05"])
+    p = runner(vm_home, "serve", str(run_dir), env=env_for(url, metadata[1]))
+    wait_for(lambda: "epoch 3 " in (run_dir / "output.log").read_text() if (run_dir / "output.log").exists() else False)
+    job = [int(x) for x in subprocess.run(["pgrep", "-f", "ferry_selftest.py"], capture_output=True, text=True).stdout.split()
+           if int(x) != p.pid]
+    for pid in job:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 0
+    status = json.loads(blob_text(bucket, f"runs/{rid}/status.json"))
+    assert status["state"] == "lost" and "shut down" in status["message"], status
+
+
+def test_a_bucket_it_cannot_write_fails_the_run_in_seconds(metadata, vm_home, tmp_path):
+    """The runner proves it can write the run's folder before the job starts."""
+    rid = "selftest-20250101-000000-nobk"
+    run_dir = prepare(vm_home, rid, ["epochs=3"])
+    env = dict(env_for("http://127.0.0.1:9", metadata[1]))  # nothing listens there
+    t0 = time.monotonic()
+    p = runner(vm_home, "serve", str(run_dir), env=env)
+    assert p.wait(60) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "cannot write to gs://ferry-test/" in status["message"], status
+    assert status["started"] is None  # the job never ran
+    assert time.monotonic() - t0 < 30
 
 
 def test_datasets_are_staged_checked_and_skipped_when_present(gcs, metadata, vm_home, tmp_path):

@@ -55,6 +55,12 @@ def resource_not_ready(resource: str, status: str) -> GceError:
     return GceError(400, f"The resource '{resource}' is not ready (status {status})", "resourceNotReady")
 
 
+def insufficient_scopes() -> GceError:
+    """A token whose scopes do not include Compute Engine's (a VM whose service account was
+    given only, say, devstorage.read_write)."""
+    return GceError(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
+
+
 def injected(status: int) -> GceError:
     """The transient errors a fault injects: 503 backendError, 429 rateLimitExceeded, ..."""
     if status == 429:

@@ -9,6 +9,8 @@ A fault persists until it is consumed (when it has a `count`) or cleared. Kinds:
 | `http_error` | status=503, count=1, service=compute, method?, path? | the next `count` matching calls answer that HTTP error |
 | `slow_operations` | delay_s=2.0 | every operation step takes delay_s longer |
 | `stockout_after_insert` | zone?, after_s=0.3, count=1 | insert succeeds, the VM is RUNNING, then TERMINATED after after_s |
+| `hold_wait` | hold_s=10, count? | each `zoneOperations.wait` answers only after hold_s, DONE or not (GCE holds it ~2 min) |
+| `slow_calls` | delay_s=2, service=compute, method?, path?, count? | matching calls answer delay_s late (a slow API, a held call) |
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ KINDS = {
     "http_error": {"status", "count", "service", "method", "path"},
     "slow_operations": {"delay_s"},
     "stockout_after_insert": {"zone", "after_s", "count"},
+    "hold_wait": {"hold_s", "count"},
+    "slow_calls": {"delay_s", "service", "method", "path", "count"},
 }
 
 
@@ -72,6 +76,17 @@ def _validate(kind: str, params: dict) -> dict:
         p["after_s"] = float(p.get("after_s", 0.3))
     if kind == "quota":
         p["limit"] = float(p.get("limit", 0))
+    if kind == "slow_calls":
+        p["delay_s"] = float(p.get("delay_s", 2.0))
+        p.setdefault("service", "compute")
+        if p["service"] not in ("compute", "storage"):
+            raise FaultError("slow_calls service must be compute or storage")
+        if not 0 <= p["delay_s"] <= 600:
+            raise FaultError("slow_calls delay_s must be from 0 to 600")
+    if kind == "hold_wait":
+        p["hold_s"] = float(p.get("hold_s", 10.0))
+        if not 0 <= p["hold_s"] <= 600:
+            raise FaultError("hold_wait hold_s must be from 0 to 600")
     if p.get("count") is not None:
         p["count"] = int(p["count"])
         if p["count"] < 1:
@@ -126,6 +141,20 @@ class Faults:
                 return int(p["status"])
         return None
 
+    def call_delay(self, service: str, method: str, path: str) -> float:
+        """Seconds a matching call must wait before it is answered (slow_calls faults)."""
+        delay = 0.0
+        with self._lock:
+            for f in list(self._faults):
+                p = f["params"]
+                if f["kind"] != "slow_calls" or p["service"] != service:
+                    continue
+                if (p.get("method") and p["method"].upper() != method) or (p.get("path") and p["path"] not in path):
+                    continue
+                self._take(f)
+                delay += p["delay_s"]
+        return delay
+
     def operation_delay(self) -> float:
         with self._lock:
             return sum(f["params"]["delay_s"] for f in self._faults if f["kind"] == "slow_operations")
@@ -150,6 +179,15 @@ class Faults:
                     if p.get("region"):
                         return quota_exceeded(gpu_quota_metric(accelerator, spot), p["limit"], p["region"])
                     return quota_exceeded("GPUS_ALL_REGIONS", p["limit"], None)
+        return None
+
+    def wait_hold(self) -> float | None:
+        """Seconds the next zoneOperations.wait must be held, if a hold_wait fault applies."""
+        with self._lock:
+            for f in self._faults:
+                if f["kind"] == "hold_wait":
+                    self._take(f)
+                    return f["params"]["hold_s"]
         return None
 
     def stockout_after_insert(self, zone: str) -> float | None:

@@ -54,7 +54,7 @@ class NullVm:
     host_key_public = None
     metadata_host = None
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, host=None):
         self.spec = spec
 
     def start(self):
@@ -77,6 +77,35 @@ class NullVm:
 
     def pids(self):
         return []
+
+
+COMPUTE_SCOPES = ("https://www.googleapis.com/auth/compute", "https://www.googleapis.com/auth/cloud-platform")
+
+
+class InstanceHost:
+    """What one instance's guest asks of the local Compute Engine (through its metadata
+    server): its guest attributes, its service account's token, powering itself off."""
+
+    def __init__(self, compute: "Compute", inst: "Instance"):
+        self.compute, self.inst = compute, inst
+
+    def set_guest_attribute(self, key: str, value: str) -> None:
+        with self.compute._lock:
+            self.inst.guest[key] = value
+
+    def delete_guest_attribute(self, key: str) -> None:
+        with self.compute._lock:
+            self.inst.guest.pop(key, None)
+
+    def guest_attributes(self) -> dict:
+        with self.compute._lock:
+            return dict(self.inst.guest)
+
+    def token(self) -> dict:
+        return {"access_token": self.compute.vm_token(self.inst), "expires_in": 3599, "token_type": "Bearer"}
+
+    def poweroff(self) -> None:
+        self.compute.guest_poweroff(self.inst)
 
 
 # ---------------------------------------------------------------------------- operations
@@ -197,6 +226,7 @@ class Compute:
         self._instances: dict[tuple[str, str, str], Instance] = {}
         self._operations: dict[str, Operation] = {}
         self._request_ids: dict[str, Operation] = {}
+        self._tokens: dict[str, tuple[tuple[str, str, str], tuple[str, ...]]] = {}  # VM token -> (instance, scopes)
         self._closed = False
 
     # ------------------------------------------------------------------ persistence
@@ -415,17 +445,46 @@ class Compute:
         self._sleep(self.timing.setter_s)
         op.finish()
 
+    @staticmethod
+    def _scopes(inst: Instance) -> list[str]:
+        accounts = inst.resource.get("serviceAccounts") or []
+        return list(accounts[0].get("scopes") or []) if accounts else []
+
     def _vm_spec(self, inst: Instance) -> dict:
         return {
             "name": inst.name, "zone": inst.zone, "project": inst.project,
             "disk_dir": self.state_dir / "vms" / inst.project / inst.zone / inst.name,
             "metadata": inst.metadata_items(), "labels": dict(inst.resource.get("labels") or {}),
             "env": dict(self.vm_env), "ssh_mode": self.ssh_mode,
+            "scopes": self._scopes(inst), "machine_type": last(inst.resource["machineType"]),
         }
+
+    # ------------------------------------------------------------------ the guest's side
+    def vm_token(self, inst: Instance) -> str:
+        """An access token of the instance's service account, carrying its scopes."""
+        import secrets
+
+        token = "ya29.local-vm-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[token] = (inst.key, tuple(self._scopes(inst)))
+        return token
+
+    def token_scopes(self, token: str | None) -> tuple[str, ...] | None:
+        """The scopes of a VM's token; None for any other credential."""
+        with self._lock:
+            found = self._tokens.get(token or "")
+        return None if found is None else found[1]
+
+    def guest_poweroff(self, inst: Instance) -> None:
+        """The guest shut itself down: the instance goes TERMINATED (as GCE does)."""
+        op = self._new_op(inst, "compute.instances.guestTerminate", user="system")
+        self._spawn(self._do_stop, inst, op, "Instance was shut down by the guest operating system.")
 
     def _boot_vm(self, inst: Instance) -> exc.OperationFailure | None:
         """STAGING -> RUNNING with a started VM runtime (caller holds inst.action_lock)."""
-        vm = self.vm_factory(self._vm_spec(inst))
+        with self._lock:
+            inst.guest = {}  # the guest agent publishes its attributes as it boots
+        vm = self.vm_factory(self._vm_spec(inst), InstanceHost(self, inst))
         try:
             vm.start()
         except Exception as e:  # the runtime could not start: the instance does not come up
@@ -436,16 +495,8 @@ class Compute:
                 pass
             self._set_status(inst, "TERMINATED", f"The VM runtime failed to start: {e}")
             return exc.OperationFailure("INTERNAL_ERROR", f"The instance could not be started: {e}", 500)
-        guest = {}
-        if getattr(vm, "host_key_public", None):
-            parts = vm.host_key_public.split()
-            guest[f"hostkeys/{parts[0]}"] = parts[1]
-        if getattr(vm, "ssh_port", None):
-            guest["ssh/port"] = str(vm.ssh_port)
-        if getattr(vm, "ssh_user", None):  # openssh mode: only the OS user can log in
-            guest["ssh/user"] = str(vm.ssh_user)
         with self._lock:
-            inst.vm, inst.guest = vm, guest
+            inst.vm = vm
             r = inst.resource
             r["lastStartTimestamp"] = now_rfc3339()
             sched = r.get("scheduling") or {}
@@ -496,6 +547,8 @@ class Compute:
             inst.gone = True
             if self._instances.get(inst.key) is inst:
                 del self._instances[inst.key]
+            for token in [t for t, (key, _) in self._tokens.items() if key == inst.key]:
+                del self._tokens[token]
             self._save()
         shutil.rmtree(self.state_dir / "vms" / inst.project / inst.zone / inst.name, ignore_errors=True)
 

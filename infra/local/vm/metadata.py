@@ -4,6 +4,13 @@ Serves what code on a VM asks google-auth and Google's own agents for:
 `/computeMetadata/v1/instance/...` and `/project/...`, requiring `Metadata-Flavor: Google`,
 with `?recursive=true` (JSON for directories), `?alt=json|text`, and `?wait_for_change=true`
 (long poll; `timeout_sec`, `last_etag`), ETag headers like the real server.
+
+Guest attributes (`instance/guest-attributes/NAMESPACE/KEY`) are written by the guest with
+PUT and removed with DELETE, as on GCE, when metadata `enable-guest-attributes` is TRUE (else
+403); they live in the `host` (the local Compute Engine), which serves them through
+`instances.getGuestAttributes`. Tokens of the default service account come from the host
+too. `POST /_ferry/poweroff` is the stand-in for the guest powering itself off (what ACPI
+tells a real hypervisor): the `shutdown`/`poweroff` commands of a local VM call it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,40 @@ SCOPES = [
     "https://www.googleapis.com/auth/cloud-platform",
     "https://www.googleapis.com/auth/devstorage.read_write",
 ]
+GUEST_ATTRIBUTES = "guest-attributes"
+LIST_VALUES = ("scopes", "aliases")  # directory entries GCE renders as JSON lists when recursive
+GUEST_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+GUEST_VALUE_MAX = 1 << 16
+
+
+class StandaloneHost:
+    """The host of a LocalVm run on its own (tests, benches): guest attributes in a dict, a
+    static token, and power-off stops the VM."""
+
+    def __init__(self):
+        self._guest: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.on_poweroff = None
+
+    def set_guest_attribute(self, key: str, value: str) -> None:
+        with self._lock:
+            self._guest[key] = value
+
+    def delete_guest_attribute(self, key: str) -> None:
+        with self._lock:
+            self._guest.pop(key, None)
+
+    def guest_attributes(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._guest)
+
+    def token(self) -> dict:
+        # google-auth's compute_engine.Credentials accepts this as is.
+        return {"access_token": "ya29.local-ferry-standalone-token", "expires_in": 3599, "token_type": "Bearer"}
+
+    def poweroff(self) -> None:
+        if self.on_poweroff is not None:
+            threading.Thread(target=self.on_poweroff, daemon=True, name="guest-poweroff").start()
 
 
 def _number(text: str, digits: int) -> str:
@@ -39,9 +80,13 @@ def _camel(key: str) -> str:
 class MetadataState:
     """The VM's metadata, guarded by one condition variable that wakes long polls."""
 
-    def __init__(self, name: str, zone: str, project: str, attributes: dict[str, str]):
+    def __init__(self, name: str, zone: str, project: str, attributes: dict[str, str], *,
+                 scopes: list[str] | None = None, machine_type: str = "n1-standard-1", host=None):
         self.cond = threading.Condition()
         self.name, self.zone, self.project = name, zone, project
+        self.scopes = list(scopes if scopes is not None else SCOPES)
+        self.machine_type = machine_type
+        self.host = host or StandaloneHost()
         self.project_number = _number("project/" + project, 12)
         self.instance_id = _number(f"instance/{project}/{zone}/{name}", 19)
         self.attributes = dict(attributes)
@@ -61,7 +106,7 @@ class MetadataState:
         account = {
             "aliases": "default",
             "email": email,
-            "scopes": "\n".join(SCOPES) + "\n",
+            "scopes": "\n".join(self.scopes) + "\n",
             "token": None,  # computed per request
         }
         return {
@@ -69,7 +114,7 @@ class MetadataState:
                 "attributes": dict(self.attributes),
                 "hostname": f"{self.name}.{self.zone}.c.{self.project}.internal",
                 "id": self.instance_id,
-                "machine-type": f"projects/{self.project_number}/machineTypes/local",
+                "machine-type": f"projects/{self.project_number}/machineTypes/{self.machine_type}",
                 "maintenance-event": self.maintenance_event,
                 "name": self.name,
                 "network-interfaces": {"0": {"ip": "127.0.0.1", "access-configs": {"0": {"external-ip": "127.0.0.1"}}}},
@@ -85,24 +130,19 @@ class MetadataState:
         }
 
 
-def _token() -> dict:
-    # google-auth's compute_engine.Credentials accepts this as is; the local services ignore it.
-    return {"access_token": "ya29.local-ferry-fake-token", "expires_in": 3599, "token_type": "Bearer"}
-
-
-def _render(node, recursive: bool, alt: str | None, under_attributes: bool = False):
-    """-> (body, content_type)."""
+def _render(node, recursive: bool, alt: str | None, under_attributes: bool = False, token=None):
+    """-> (body, content_type). `token()` answers the service account's token leaf."""
     if node is None:  # the token leaf
-        return json.dumps(_token()), "application/json"
+        return json.dumps(token()), "application/json"
     if isinstance(node, dict):
         if recursive:
-            def conv(n, attrs):
+            def conv(n, attrs, key=None):
                 if n is None:
-                    return _token()
+                    return token()
                 if isinstance(n, dict):
-                    return {(k if attrs else _camel(k)): conv(v, k == "attributes") for k, v in n.items()}
-                if isinstance(n, str) and "\n" in n and not attrs and n.endswith("\n"):
-                    return n.split()  # e.g. scopes
+                    return {(k if attrs else _camel(k)): conv(v, k == "attributes", k) for k, v in n.items()}
+                if key in LIST_VALUES and not attrs:
+                    return n.split()  # GCE's JSON has these as lists; every other value stays a string
                 return n
             data = conv(node, under_attributes)
             if alt == "text":
@@ -117,7 +157,76 @@ def _render(node, recursive: bool, alt: str | None, under_attributes: bool = Fal
     return node, "application/text"
 
 
-class _Handler(BaseHTTPRequestHandler):
+def _guest_enabled(state: MetadataState) -> bool:
+    return str(state.attributes.get("enable-guest-attributes", "")).upper() == "TRUE"
+
+
+class _GuestMixin:
+    """instance/guest-attributes/NAMESPACE/KEY: GET, PUT (the guest writes), DELETE."""
+
+    def _guest(self, method: str, parts: list[str]) -> None:
+        state: MetadataState = self.server.state
+        if not _guest_enabled(state):
+            return self._send(403, "Guest attributes endpoint access is disabled.\n", "text/html")
+        if len(parts) > 2 or any(not GUEST_KEY_RE.fullmatch(p) for p in parts):
+            return self._send(400, "Invalid guest attribute path.\n", "text/html")
+        current = state.host.guest_attributes()
+        if method == "GET":
+            if len(parts) == 2:
+                key = "/".join(parts)
+                return self._send(200, current[key]) if key in current else self._send(404, "Not Found\n", "text/html")
+            names = sorted({k.split("/", 1)[1] if parts else k.split("/", 1)[0] + "/"
+                            for k in current if not parts or k.split("/", 1)[0] == parts[0]})
+            if parts and not names:
+                return self._send(404, "Not Found\n", "text/html")
+            return self._send(200, "".join(n + "\n" for n in names))
+        if len(parts) != 2:
+            return self._send(400, "A guest attribute is written as NAMESPACE/KEY.\n", "text/html")
+        key = "/".join(parts)
+        if method == "PUT":
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > GUEST_VALUE_MAX:
+                return self._send(400, "Guest attribute value too large.\n", "text/html")
+            value = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+            state.host.set_guest_attribute(key, value)
+            return self._send(200, "")
+        state.host.delete_guest_attribute(key)
+        return self._send(200, "")
+
+    def _flavored(self) -> bool:
+        if self.headers.get("Metadata-Flavor") != "Google" or self.headers.get("X-Forwarded-For"):
+            self._send(403, "Missing required header: Metadata-Flavor: Google\n", "text/html")
+            return False
+        return True
+
+    def _write_path(self) -> list[str] | None:
+        path = re.sub("/+", "/", urlsplit(self.path).path)
+        if not path.startswith(PREFIX + "/instance/" + GUEST_ATTRIBUTES):
+            self._send(405, "Method not allowed.\n", "text/html")
+            return None
+        return [p for p in path[len(PREFIX):].split("/") if p][2:]
+
+    def do_PUT(self) -> None:
+        if self._flavored():
+            parts = self._write_path()
+            if parts is not None:
+                self._guest("PUT", parts)
+
+    def do_DELETE(self) -> None:
+        if self._flavored():
+            parts = self._write_path()
+            if parts is not None:
+                self._guest("DELETE", parts)
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != "/_ferry/poweroff":
+            return self._send(405, "Method not allowed.\n", "text/html")
+        if self._flavored():
+            self._send(200, "powering off\n")
+            self.server.state.host.poweroff()
+
+
+class _Handler(_GuestMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server_version = "Metadata Server for VM"
@@ -176,6 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not (path == PREFIX or path.startswith(PREFIX + "/")):
             return self._send(404, "Not Found\n", "text/html")
         parts = [p for p in path[len(PREFIX):].split("/") if p]
+        if parts[:2] == ["instance", GUEST_ATTRIBUTES]:
+            return self._guest("GET", parts[2:])
         truthy = lambda k: query.get(k, "").lower() == "true"  # noqa: E731
         recursive = truthy("recursive")
         alt = query.get("alt")
@@ -193,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not found:
                 return None
             under_attrs = bool(parts) and parts[-1] == "attributes"
-            body, ctype = _render(node, recursive, alt, under_attrs)
+            body, ctype = _render(node, recursive, alt, under_attrs, token=state.host.token)
             return body, ctype, hashlib.sha1(body.encode()).hexdigest()[:16]
 
         with state.cond:
@@ -227,6 +338,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the guest went away mid-answer (its VM stopping): nothing to report
+        super().handle_error(request, client_address)
 
 
 class MetadataServer:

@@ -166,7 +166,7 @@ def kill_all(marker: str, pgids=(), grace: float = 0.0, deadline: float = 2.0, v
         system = find(marker, SYSTEM_VAR)  # sshd and its per-connection children (by parent links)
         return kill_all(marker, pgids, grace, deadline, MARKER_VAR, roots) + kill_all(marker, (), 0.0, deadline, SYSTEM_VAR, system)
     pgids = [g for g in set(pgids) if g and g > 1 and g not in _protected()]
-    end = time.monotonic() + deadline
+    end = time.monotonic() + max(grace, 0.0) + deadline  # the grace does not eat the SIGKILL phase
     tree = descendants(set(roots) | set(pgids)) | {r for r in roots if r > 1}
     pids = sorted(set(find(marker, var)) | tree)
     if grace <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,12 +16,12 @@ import time
 from pathlib import Path
 
 from . import processes
-from .metadata import MetadataServer, MetadataState
+from .metadata import MetadataServer, MetadataState, StandaloneHost
 from .spec import VmError, VmSpec
 
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-STOP_GRACE = 0.2  # seconds between SIGTERM and SIGKILL when a VM stops
+STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a VM stops (a GCE guest gets a shutdown, not a kill)
 
 
 def os_user() -> str:
@@ -54,11 +55,44 @@ def ensure_host_key(state_dir: Path) -> str:
     return " ".join(pub_path.read_text().split()[:2])
 
 
-class LocalVm:
-    """One local VM. Thread-safe; every method is synchronous. See infra/local/vm/__init__.py."""
+# Commands a GCE image has that must act on the local VM, not on this machine: powering off
+# (the guest's way to stop its instance) and sudo (passwordless on GCE images; here the VM's
+# user is already this machine's user, so it runs the command as it is).
+_POWEROFF_NAMES = ("poweroff", "halt", "shutdown", "reboot")
+_POWEROFF = """#!/bin/sh
+# local VM: power off this VM (its instance becomes TERMINATED), never the machine it runs on
+exec python3 -c '
+import os, urllib.request
+req = urllib.request.Request("http://%s/_ferry/poweroff" % os.environ["GCE_METADATA_HOST"], data=b"",
+                             headers={"Metadata-Flavor": "Google"}, method="POST")
+urllib.request.urlopen(req, timeout=10).read()
+'
+"""
+_SUDO = """#!/bin/sh
+# local VM: the login user is already this machine's user; run the command as it is
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u|-g) shift 2 ;;
+    --) shift; break ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+exec "$@"
+"""
 
-    def __init__(self, spec: VmSpec):
+
+class LocalVm:
+    """One local VM. Thread-safe; every method is synchronous. See infra/local/vm/__init__.py.
+
+    `host` is what the VM asks of the cloud it runs in (guest attributes, service account
+    tokens, powering off): the local Compute Engine's, or a StandaloneHost."""
+
+    def __init__(self, spec: VmSpec, host=None):
         self.spec = spec
+        self.host = host or StandaloneHost()
+        if isinstance(self.host, StandaloneHost):
+            self.host.on_poweroff = self.stop
         self._lock = threading.RLock()
         self._running = False
         self._sshd = None
@@ -105,17 +139,22 @@ class LocalVm:
 
     # ------------------------------------------------------------------ environment
     def _python_path_dir(self) -> str:
-        """A directory whose `python3` is this interpreter: its own, or a shim in .vm/bin."""
+        """`.vm/bin` (python3 as this interpreter, and the image's commands that must act on the
+        VM: shutdown, poweroff, halt, reboot, sudo) ahead of this interpreter's own directory."""
         exe = sys.executable
-        own = os.path.join(os.path.dirname(exe), "python3")
-        if os.path.exists(own) and os.path.realpath(own) == os.path.realpath(exe):
-            return os.path.dirname(exe)
         shim_dir = self.spec.state_dir / "bin"
         shim_dir.mkdir(exist_ok=True)
-        for name in ("python3", "python"):
+        own = os.path.join(os.path.dirname(exe), "python3")
+        scripts = {name: _POWEROFF for name in _POWEROFF_NAMES}
+        scripts["sudo"] = _SUDO
+        if not (os.path.exists(own) and os.path.realpath(own) == os.path.realpath(exe)):
+            for name in ("python3", "python"):
+                scripts[name] = f"#!/bin/sh\nexec {shlex.quote(exe)} \"$@\"\n"
+        for name, text in scripts.items():
             shim = shim_dir / name
-            shim.write_text(f"#!/bin/sh\nexec {shlex.quote(exe)} \"$@\"\n")
-            shim.chmod(0o755)
+            if not shim.exists() or shim.read_text() != text:
+                shim.write_text(text)
+                shim.chmod(0o755)
         return f"{shim_dir}:{os.path.dirname(exe)}"
 
     def session_env(self, user: str | None = None, term: str | None = None) -> dict[str, str]:
@@ -165,7 +204,9 @@ class LocalVm:
             # leftovers of an earlier life of this disk (a service that crashed): gone first
             processes.kill_all(self.spec.marker, deadline=1.0)
             self._pgids = set()
-            self._meta_state = MetadataState(self.spec.name, self.spec.zone, self.spec.project, self.spec.metadata)
+            self._meta_state = MetadataState(self.spec.name, self.spec.zone, self.spec.project, self.spec.metadata,
+                                             scopes=self.spec.scopes, machine_type=self.spec.machine_type,
+                                             host=self.host)
             self._meta = MetadataServer(self._meta_state)
             self._meta.start()
             try:
@@ -186,7 +227,29 @@ class LocalVm:
                 self.stop()
                 raise
             self._running = True
+            self._guest_agent()
             self._run_startup_script()
+
+    def _guest_agent(self) -> None:
+        """What Google's guest agent does at boot: publish the SSH host key (and, locally, the
+        port and login user) as guest attributes, written through the metadata server with
+        PUT, when guest attributes are enabled."""
+        import urllib.error
+        import urllib.request
+
+        key_type, blob = self._host_key.split()[:2]
+        values = {f"hostkeys/{key_type}": blob, "ssh/port": str(self.ssh_port)}
+        if self.ssh_user:
+            values["ssh/user"] = self.ssh_user
+        for key, value in values.items():
+            req = urllib.request.Request(f"http://{self.metadata_host}/computeMetadata/v1/instance/guest-attributes/{key}",
+                                         data=value.encode(), method="PUT", headers={"Metadata-Flavor": "Google"})
+            try:
+                urllib.request.urlopen(req, timeout=5).read()
+            except urllib.error.HTTPError as exc:
+                if exc.code == 403:  # guest attributes disabled: nothing is published, as on GCE
+                    return
+                raise
 
     def _run_startup_script(self) -> None:
         script = self.spec.metadata.get("startup-script")
@@ -198,8 +261,10 @@ class LocalVm:
         log = open(self.startup_log, "ab")
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} startup-script: starting\n".encode())
         log.flush()
+        # Google's guest agent runs the script with its shebang honoured, else with bash.
+        argv = [str(path)] if script.startswith("#!") else [shutil.which("bash") or "/bin/sh", str(path)]
         proc = subprocess.Popen(
-            ["/bin/sh", str(path)], cwd=self.spec.disk_dir, env=self.session_env(),
+            argv, cwd=self.spec.disk_dir, env=self.session_env(),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )

@@ -21,6 +21,7 @@ class VmSpec:
 
     `metadata` holds every instance metadata item ('ssh-keys', 'startup-script', ...).
     `env` is extra environment for every process on the VM (e.g. STORAGE_EMULATOR_HOST).
+    `scopes` and `machine_type` are what its metadata server tells about it.
     """
 
     name: str
@@ -31,6 +32,8 @@ class VmSpec:
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     ssh_mode: str = "asyncssh"
+    scopes: list[str] | None = None       # the default service account's scopes (None: broad)
+    machine_type: str = "n1-standard-1"
 
     def __post_init__(self) -> None:
         self.disk_dir = Path(self.disk_dir).expanduser().resolve()
