@@ -155,7 +155,10 @@ def prepare(settings: Settings, *, gpu=None, template=None, name=None, spot=None
 
 def plan(settings: Settings, **kwargs) -> Plan:
     """`up --dry-run`: everything but the cloud. Needs no credentials, calls nothing."""
+    from infra import zones
+
     spec, name, extra, warnings = prepare(settings, **kwargs)
+    zones.check(settings.zone, settings.is_local)
     _, pub = _public_key_or_placeholder(settings)
     body = render.body(spec, name=name, zone=settings.zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(pub),
                        extra_labels=extra, extra_metadata=kwargs.get("metadata"))

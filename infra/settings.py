@@ -27,6 +27,50 @@ def ferry_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".ferry"
 
 
+def check_home(home: Path) -> Path:
+    """FERRY_HOME must be a folder ferry can write (or be creatable): one line otherwise."""
+    where = "FERRY_HOME" if os.environ.get("FERRY_HOME") else "ferry's home"
+    if home.exists() and not home.is_dir():
+        raise UsageError(f"{where} {home} is a file, not a folder", hint="point FERRY_HOME at a folder (it is created if absent)")
+    probe = home
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{where} {home} is not writable" + (f" ({probe} is not)" if probe != home else ""),
+                         hint="point FERRY_HOME at a folder you can write")
+    return home
+
+
+# GCP's naming rules, checked before any call (a dry run validates as much as the real command).
+PROJECT_RE = re.compile(r"(?:[a-z][a-z0-9.-]{0,61}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+BUCKET_PART_RE = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
+
+
+def check_project(project: str) -> str:
+    if not PROJECT_RE.fullmatch(project):
+        raise UsageError(f"invalid project id {project!r}",
+                         hint="6-30 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen")
+    return project
+
+
+def check_bucket(bucket: str) -> str:
+    """Cloud Storage's bucket naming rules (cloud.google.com/storage/docs/buckets#naming)."""
+    why = None
+    parts = bucket.split(".")
+    if not 3 <= len(bucket) <= (222 if "." in bucket else 63):
+        why = "3-63 characters (up to 222 with dots, 63 between dots)"
+    elif any(not BUCKET_PART_RE.fullmatch(part) for part in parts):
+        why = ("lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit, "
+               "at most 63 between dots, no '..', '.-' or '-.'")
+    elif re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", bucket):
+        why = "not an IP address"
+    elif bucket.startswith("goog") or re.search(r"g[o0][o0]g(l|1)e", bucket):
+        why = "not starting with 'goog' nor containing 'google' or a look-alike"
+    if why:
+        raise UsageError(f"invalid bucket name {bucket!r}", hint=f"bucket names are {why}")
+    return bucket
+
+
 def owner() -> str:
     """The local user, sanitised to a valid GCE label value."""
     try:
@@ -60,6 +104,9 @@ class Settings:
         return replace(self, zone=zone)
 
 
+CONFIG_KEYS = ("backend", "project", "zone", "bucket")
+
+
 def _config_file(home: Path) -> dict:
     path = home / "config.yaml"
     if not path.exists():
@@ -69,9 +116,20 @@ def _config_file(home: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}:{where} not valid YAML ({exc.__class__.__name__})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of settings, e.g. 'project: my-project'")
+    for key, value in data.items():
+        if key not in CONFIG_KEYS:
+            from infra.errors import unknown
+
+            raise unknown(f"setting in {path}:", str(key), CONFIG_KEYS)
+        if not isinstance(value, str) or not value.strip():
+            raise UsageError(f"{path}: {key} must be text, got {value!r}", hint=f"e.g. '{key}: ...' with a quoted value")
     return data
 
 
@@ -112,7 +170,7 @@ def resolve(
     json: bool = False,
     verbose: bool = False,
 ) -> Settings:
-    home = ferry_home()
+    home = check_home(ferry_home())
     flags = {"backend": backend, "project": project, "zone": zone, "bucket": bucket}
     layers = [
         ("flag", flags),
@@ -145,11 +203,11 @@ def resolve(
         proj = LOCAL_PROJECT
         sources["project"] = "local backend"
     else:
-        proj = values["project"]
+        proj = check_project(values["project"])
     zone_value = values.get("zone") or DEFAULT_ZONE
     if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+-[a-z]", zone_value):
         raise UsageError(f"invalid zone {zone_value!r}", hint="zones look like us-central1-a")
-    bucket_value = values.get("bucket") or (f"{proj}-ferry" if chosen == "gcp" else "ferry-local")
+    bucket_value = check_bucket(values.get("bucket") or (f"{proj.rsplit(':', 1)[-1]}-ferry" if chosen == "gcp" else "ferry-local"))
     return Settings(
         backend=chosen,
         project=proj,

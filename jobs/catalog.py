@@ -6,6 +6,13 @@ command element is replaced by a parameter's value or by one of the run's paths:
 `{out}` (the job's output folder), `{data}` (the datasets folder), `{code}` (the synced code),
 `{run_id}`. A parameter with a `flag` is appended as `flag value` (omitted when its value is
 null; a bool adds the flag alone when true).
+
+Parameter types encode what the job's program accepts, so that a bad value is refused before
+anything is created: `int`, `float` (finite), `str` (optionally a `pattern`), `bool`,
+`choice`, and `epoch-list` (none, all, last, or indices like 0,last, each below the job's
+`epochs`; `min_items`). `min`/`max` bound numbers; `requires: {param: value}` allows a value
+only with another parameter so set (e.g. a batch size only in minibatch mode).
+tests/jobs/test_catalog.py checks every built-in job against the trainer's own parser.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from pathlib import Path
 from infra.errors import UsageError, unknown
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
-PARAM_TYPES = ("int", "float", "str", "bool", "choice")
+PARAM_TYPES = ("int", "float", "str", "bool", "choice", "epoch-list")
 PATH_PLACEHOLDERS = ("out", "data", "code", "run_id")
 
 
@@ -30,6 +37,9 @@ class Param:
     choices: tuple = ()
     min: float | None = None
     max: float | None = None
+    pattern: str | None = None
+    requires: tuple = ()      # ((param, value), ...): allowed only with those set so
+    min_items: int = 0        # epoch-list: at least this many epochs
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,9 @@ def _load(path: Path) -> Job:
             choices=tuple(spec.get("choices") or ()),
             min=spec.get("min"),
             max=spec.get("max"),
+            pattern=spec.get("pattern"),
+            requires=tuple(sorted((spec.get("requires") or {}).items())),
+            min_items=int(spec.get("min_items") or 0),
         )
     return Job(
         name=raw["name"],

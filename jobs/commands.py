@@ -167,9 +167,14 @@ def runs(settings, job: str | None = None, limit: int = 20) -> None:
 
 # --------------------------------------------------------------------------- pull
 def pull(settings, run_id: str, dest: str | None = None) -> None:
+    target = Path(dest) if dest else None
+    if target is not None and target.exists() and not target.is_dir():
+        raise UsageError(f"--to {dest}: is a file, not a folder", hint="give a folder (it is created if absent); nothing was written")
     bucket = bucket_of(settings, create=False)
     run_id = _resolve_run(bucket, run_id)
-    target = Path(dest) if dest else Path("runs") / run_id
+    target = target or Path("runs") / run_id
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target}: is a file, not a folder", hint="pass --to DIR; nothing was written")
     from jobs.pull import pull_run
 
     out = pull_run(bucket, run_id, target)

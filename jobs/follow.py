@@ -40,6 +40,19 @@ def read_json(bucket, name: str):
         return None
 
 
+def reason(exc: BaseException) -> str:
+    """A short why for an unreachable service: 'connection refused', 'timed out', ..."""
+    cause = getattr(exc, "cause", None) or exc.__cause__ or exc
+    text = " ".join(str(cause).split())
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return "timed out"
+    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
+        return "name not resolved"
+    return f"{type(cause).__name__}: {text[:120]}"
+
+
 class Reachability:
     """Consecutive failures of one service; `failed()` raises once they last too long."""
 
@@ -54,8 +67,12 @@ class Reachability:
         now = time.monotonic()
         self.since = self.since or now
         if now - self.since >= self.after_s:
-            raise CloudError(f"{self.what} unreachable for {self.after_s:.0f} s "
-                             f"({exc.__class__.__name__}: {' '.join(str(exc).split())[:160]})", hint=self.hint) from None
+            raise CloudError(f"{self.what} unreachable for {self.after_s:.0f} s ({reason(exc)})", hint=self.hint) from None
+
+
+def reattach_hint(run_id: str) -> str:
+    return (f"the job may go on without us; once the cloud answers, `python cli.py logs {run_id} --follow` "
+            "reattaches and `python cli.py cleanup` deletes what is left")
 
 
 def follow_bucket(bucket, run_id: str, offset: int, on_data, poll: float = 0.5, on_silent=None) -> dict:
@@ -67,8 +84,7 @@ def follow_bucket(bucket, run_id: str, offset: int, on_data, poll: float = 0.5, 
 
     prefix = records.prefix(run_id)
     blob = bucket.blob(prefix + "logs/output.log")
-    reach = Reachability(f"Cloud Storage (gs://{bucket.name})",
-                         f"the run goes on; follow it again with `python cli.py logs {run_id} --follow`")
+    reach = Reachability(f"Cloud Storage (gs://{bucket.name})", reattach_hint(run_id))
     beat, beat_seen = None, time.monotonic()
 
     def copy_new() -> None:

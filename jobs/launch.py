@@ -25,7 +25,7 @@ from infra.errors import CloudError, FerryError, Interrupted, JobFailed, UsageEr
 from jobs import catalog, params
 from jobs import runs as records
 from jobs.common import bucket_of, say
-from jobs.follow import Reachability, follow_bucket, salvage
+from jobs.follow import Reachability, follow_bucket, reason, reattach_hint, salvage
 from jobs.runner import RUNNER_GONE
 
 RUNNER = "ferry/code/ferry_runner.py"
@@ -105,6 +105,7 @@ def _gpu_text(vm) -> str | None:
 
 
 def _dry_run(settings, job, values, argv, vm_name, keep, run_id) -> None:
+    plan = None if vm_name else _plan(settings, job, run_id, keep)  # validates (zone, template) first
     click.echo(f"job:       {job.name} — {job.description}")
     click.echo("params:    " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
     click.echo(f"command:   {shlex.join(argv)}   (argv on the VM; no shell)")
@@ -115,7 +116,6 @@ def _dry_run(settings, job, values, argv, vm_name, keep, run_id) -> None:
         click.echo(f"VM:        {vm_name} (used as it is, left running)")
         click.echo("dry run: nothing was created, changed or deleted")
         return
-    plan = _plan(settings, job, run_id, keep)
     price = f"${plan.price_per_hour:.2f}/h" if plan.price_per_hour is not None else "price unknown"
     click.echo(f"VM:        the one VM up, else a new one from template {job.template!r}: "
                f"{plan.spec.machine_type}, GPU {plan.spec.gpu.name if plan.spec.gpu else 'none'}, "
@@ -158,10 +158,8 @@ class Session:
         self.offset = 0
         self.t0 = time.time()
         self.vm_t0 = None
-        self.storage = Reachability(f"Cloud Storage (gs://{settings.bucket})",
-                                    f"the run goes on; follow it again with `python cli.py logs {run_id} --follow`")
-        self.compute_api = Reachability("the Compute Engine API",
-                                        f"the run goes on; follow it with `python cli.py logs {run_id} --follow`")
+        self.storage = Reachability(f"Cloud Storage (gs://{settings.bucket})", reattach_hint(run_id))
+        self.compute_api = Reachability("the Compute Engine API", reattach_hint(run_id))
         self.manifest = {
             "run_id": run_id, "job": job.name, "params": values, "argv": argv, "datasets": list(job.datasets),
             "template": job.template, "backend": settings.backend, "project": settings.project,
@@ -312,6 +310,8 @@ class Session:
         """The runner ended without its final word in the bucket: save what is on the VM's disk."""
         say(f"{message}; saving its output from the VM")
         try:
+            if state == "lost":  # the job may still run without its runner: stop it, then copy
+                self.remote.run(["python3", RUNNER, "stop-job", self.paths["run_dir"]], timeout=30)
             final = salvage(self.remote, self.bucket, self.run_id, self.paths["run_dir"], state, message)
         except Exception as exc:
             say(f"warning: could not salvage the run from the VM ({exc.__class__.__name__}: {exc})")
@@ -579,7 +579,11 @@ def _delete_vm(session: Session) -> bool:
     proof = provision.Proof(instance_id=instance_id) if instance_id else provision.Proof(run_id=session.run_id)
     try:
         return provision.delete(session.settings, name, zone, proof)
-    except Exception as exc:
+    except FerryError as exc:
         say(f"warning: could not delete VM {name} ({exc}); delete it with `python cli.py down {name}` "
+            "(or `python cli.py cleanup`)")
+        return False
+    except Exception as exc:
+        say(f"warning: could not delete VM {name} ({reason(exc)}); delete it with `python cli.py down {name}` "
             "(or `python cli.py cleanup`)")
         return False

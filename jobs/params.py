@@ -22,7 +22,14 @@ def _convert(job: Job, p: Param, text: str):
     if "\x00" in text:
         raise UsageError(f"{where}: NUL bytes are not allowed")
     if p.type == "str":
+        if p.pattern and not re.fullmatch(p.pattern, text):
+            raise UsageError(f"{where}: not of the form {p.help or p.pattern}")
         return text
+    if p.type == "epoch-list":
+        spec = text.strip().lower()
+        if not re.fullmatch(r"none|all|(last|\d+)(,(last|\d+))*", spec.replace(" ", "")):
+            raise UsageError(f"{where}: expected none, all, last, or epochs from 0 like 0,last or 0,4,9")
+        return spec.replace(" ", "")
     if p.type == "choice":
         if text not in p.choices:
             raise UsageError(f"{where}: not one of {', '.join(map(str, p.choices))}")
@@ -56,6 +63,7 @@ def _convert(job: Job, p: Param, text: str):
 def resolve(job: Job, overrides) -> dict:
     """Defaults updated by `KEY=VALUE` strings; unknown keys and bad values are exit 2."""
     values = job.defaults()
+    given = set()
     for item in overrides or ():
         if "=" not in item:
             raise UsageError(f"--set {item!r}: expected KEY=VALUE")
@@ -66,7 +74,41 @@ def resolve(job: Job, overrides) -> dict:
                 raise UsageError(f"job {job.name!r} has no parameters (got --set {key}=...)")
             raise unknown(f"parameter of {job.name}", key, job.params)
         values[key] = _convert(job, job.params[key], text)
+        given.add(key)
+    _check_together(job, values, given)
     return values
+
+
+def _epoch_list(spec: str, epochs: int) -> list[int]:
+    if spec == "none":
+        return []
+    if spec == "all":
+        return list(range(epochs))
+    return sorted({epochs - 1 if part == "last" else int(part) for part in spec.split(",")})
+
+
+def _check_together(job: Job, values: dict, given: set) -> None:
+    """Rules between parameters: `requires`, and epoch lists within the job's epochs."""
+    for name, p in job.params.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        for other, wanted in p.requires:
+            if values.get(other) != wanted:
+                raise UsageError(f"--set {name}={_text(value)}: only with {other}={wanted} "
+                                 f"(here {other}={values.get(other)})")
+        if p.type == "epoch-list":
+            epochs = values.get("epochs")
+            if not isinstance(epochs, int):
+                continue
+            chosen = _epoch_list(value, epochs)
+            late = [e for e in chosen if e >= epochs]
+            if late:
+                raise UsageError(f"--set {name}={value}: epoch {late[0]} is not in 0..{epochs - 1} "
+                                 f"(epochs={epochs}; epochs count from 0)")
+            if len(chosen) < p.min_items:
+                raise UsageError(f"--set {name}={value}: {job.name} needs at least {p.min_items} epoch(s) here",
+                                 hint="e.g. 0,last")
 
 
 def _text(value) -> str:

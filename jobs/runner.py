@@ -8,6 +8,7 @@ standard library and google-cloud-storage. Every path is relative to the login d
     python3 ferry/code/ferry_runner.py start  RUN_DIR      start the job detached, return
     python3 ferry/code/ferry_runner.py follow RUN_DIR [--offset N]   stream the log until the end
     python3 ferry/code/ferry_runner.py cancel RUN_DIR      ask the runner to stop: flush and stop
+    python3 ferry/code/ferry_runner.py stop-job RUN_DIR    the runner died: stop the job it left
     python3 ferry/code/ferry_runner.py status RUN_DIR      print status.json
 
 RUN_DIR holds `params.json` (written by `ferry run`): run_id, bucket, project, argv, env,
@@ -551,6 +552,7 @@ class Runner:
             )
         finally:
             log.close()
+        (self.run_dir / "job.pid").write_text(str(proc.pid))  # its process group, for `stop-job`
 
         def wake_on_exit():  # the main loop sleeps between uploads; the job's end wakes it
             proc.wait()
@@ -702,6 +704,30 @@ def cmd_follow(run_dir: Path, offset: int, poll: float = 0.05) -> int:
             time.sleep(poll)
 
 
+def cmd_stop_job(run_dir: Path, grace: float = 5.0) -> int:
+    """The runner is gone: stop the job it left running (SIGTERM to its process group, SIGKILL
+    after GRACE), so that the log on disk is complete before it is salvaged."""
+    try:
+        pgid = int((run_dir / "job.pid").read_text())
+    except (OSError, ValueError):
+        return 0  # the job never started
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return 0
+        except PermissionError:
+            return 1
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return 0
+            time.sleep(0.05)
+    return 1
+
+
 def cmd_cancel(run_dir: Path) -> int:
     try:
         (run_dir / CANCEL_FILE).touch()  # a SIGTERM without it means the VM is shutting down
@@ -717,7 +743,7 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="ferry_runner")
-    parser.add_argument("command", choices=["start", "serve", "follow", "cancel", "status"])
+    parser.add_argument("command", choices=["start", "serve", "follow", "cancel", "stop-job", "status"])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--offset", type=int, default=0)
     args = parser.parse_args(argv)
@@ -732,6 +758,8 @@ def main(argv=None) -> int:
             return 0
     if args.command == "cancel":
         return cmd_cancel(args.run_dir)
+    if args.command == "stop-job":
+        return cmd_stop_job(args.run_dir)
     sys.stdout.write((args.run_dir / "status.json").read_text())
     return 0
 

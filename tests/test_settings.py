@@ -43,19 +43,19 @@ def test_gcloud_project_selects_gcp(clean_env):
 
 
 def test_precedence_flag_env_config_gcloud(clean_env, monkeypatch):
-    write_gcloud(clean_env, project="p-gcloud", zone="us-east1-c")
+    write_gcloud(clean_env, project="proj-gcloud", zone="us-east1-c")
     home = clean_env / "home"
     home.mkdir()
-    (home / "config.yaml").write_text("project: p-config\nzone: us-west1-b\nbucket: b-config\n")
+    (home / "config.yaml").write_text("project: proj-config\nzone: us-west1-b\nbucket: b-config\n")
     s = resolve()
-    assert (s.project, s.zone, s.bucket) == ("p-config", "us-west1-b", "b-config")
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p-env")
+    assert (s.project, s.zone, s.bucket) == ("proj-config", "us-west1-b", "b-config")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj-env")
     monkeypatch.setenv("CLOUDSDK_COMPUTE_ZONE", "asia-east1-a")
     s = resolve()
-    assert (s.project, s.zone, s.bucket) == ("p-env", "asia-east1-a", "b-config")
+    assert (s.project, s.zone, s.bucket) == ("proj-env", "asia-east1-a", "b-config")
     assert s.sources["project"] == "environment"
-    s = resolve(project="p-flag", zone="us-central1-f", bucket="b-flag")
-    assert (s.project, s.zone, s.bucket) == ("p-flag", "us-central1-f", "b-flag")
+    s = resolve(project="proj-flag", zone="us-central1-f", bucket="b-flag")
+    assert (s.project, s.zone, s.bucket) == ("proj-flag", "us-central1-f", "b-flag")
 
 
 def test_explicit_local_backend_ignores_gcp_project(clean_env, monkeypatch):

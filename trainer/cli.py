@@ -9,6 +9,7 @@ dashes or underscores).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from trainer.errors import TrainerError
@@ -38,9 +39,32 @@ def positive(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (what tf.keras.utils.set_random_seed uses) takes no more
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text} must be from 0 to {SEED_MAX}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
 def common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--epochs", type=positive, default=epochs, metavar="N", help=f"passes over the data (default {epochs})")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for init and shuffling (default 0)")
+    p.add_argument("--seed", type=seed, default=0, metavar="N", help=f"seed for init and shuffling, 0 to {SEED_MAX} (default 0)")
     p.add_argument("--data-dir", metavar="DIR", help="holds mnist/ and 15scene/ (default $FERRY_DATA_DIR, "
                    "else ~/.cache/ferry-trainer/data; missing data is downloaded and verified)")
     p.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading missing data")
@@ -57,7 +81,7 @@ def numpy_options(p: argparse.ArgumentParser) -> None:
                         "binarised MNIST, summed loss; default). minibatch: vectorised SGD, centred init, "
                         "pixels/255, mean loss; MNIST batch 512 lr 0.5, 15-scene batch 32 lr 0.005")
     common(p, 10)
-    p.add_argument("--lr", type=float, metavar="X", help="learning rate (default 0.5; minibatch on 15-scene 0.005)")
+    p.add_argument("--lr", type=learning_rate, metavar="X", help="learning rate, finite and above 0 (default 0.5; minibatch on 15-scene 0.005)")
     p.add_argument("--batch-size", type=positive, metavar="N", help="minibatch size (default 512 for MNIST, 32 for 15-scene; stencil is 1)")
     p.add_argument("--init", choices=("course", "centred"), help="course: W ~ U[0,1); centred: W ~ N(0, 0.01^2) (default per mode)")
     p.add_argument("--pixels", choices=("binary", "scaled"), help="MNIST: binary (pixel > 99) or scaled (/255) (default per mode)")
@@ -88,6 +112,24 @@ def parser() -> Parser:
         p = sub.add_parser(job, help=text, description=text)
         tf_options(p) if job == "tf-quickstart" else numpy_options(p)
     return top
+
+
+def check(argv: list[str]) -> None:
+    """Validate a job's command line exactly as a run would, without loading any data or
+    TensorFlow: raises TrainerError with the one-line message a run would fail with."""
+    args = vars(parser().parse_args(argv))
+    job = args.pop("job")
+    args["out"] = args["out"] or f"trainer-out/{job}"
+    if job == "tf-quickstart":
+        return
+    from trainer.train import DATASET_OF, Config, svm_epochs
+
+    cfg = Config(job=job, **args)
+    for dataset in (("mnist", "15scene") if job == "q6" else (DATASET_OF[job],)):
+        cfg.resolve(dataset)
+    chosen = svm_epochs(cfg.svm_epochs or ("0,last" if job.endswith("-svm") or job == "q6" else "none"), cfg.epochs)
+    if job == "q6" and not chosen:
+        raise TrainerError("--svm-epochs none: q6 reports NN+SVM, choose at least one epoch (e.g. 0,last)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ Defaults live in one place, MODE_DEFAULTS; every value used is reported in the s
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -62,8 +63,8 @@ class Config:
                 setattr(cfg, key, value)
         if cfg.epochs < 1:
             raise TrainerError(f"--epochs {cfg.epochs}: must be at least 1")
-        if not cfg.lr > 0:
-            raise TrainerError(f"--lr {cfg.lr}: must be positive")
+        if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+            raise TrainerError(f"--lr {cfg.lr}: must be a finite number above 0")
         if cfg.batch_size < 1:
             raise TrainerError(f"--batch-size {cfg.batch_size}: must be at least 1")
         if cfg.mode == "stencil" and cfg.batch_size != 1:

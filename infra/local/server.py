@@ -133,6 +133,13 @@ def _warm_vm_runtime() -> None:
         log.exception("VM runtime failed to import")
 
 
+def _read_pid(root: Path) -> str:
+    try:
+        return (root / "service.pid").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -149,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     root = Path(args.home).expanduser().resolve() / "local"
     root.mkdir(parents=True, exist_ok=True)
+
+    from filelock import FileLock, Timeout
+
+    running = FileLock(str(root / "service.running"))  # held while this service lives
+    try:
+        running.acquire(timeout=0)
+    except Timeout:
+        log.error("another local cloud service runs on %s (pid %s); not starting a second one",
+                  root.parent, _read_pid(root))
+        return 3
+    (root / "service.pid").write_text(str(os.getpid()))
 
     request_log = RequestLog()
     from infra.local.storage import StorageServer
@@ -168,7 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
 
-    compute.boot_restored(compute.restore())
+    from infra.local.compute.models import StateError
+
+    try:
+        restored = compute.restore()
+    except StateError as e:
+        log.error("%s", e)
+        compute_server.server_close()
+        storage.shutdown()
+        return 3
+    compute.boot_restored(restored)
     service_file = root / "service.json"
     write_json_atomic(service_file, {
         **info, "compute": compute_server.url, "storage": storage.url, "control": f"{compute_server.url}/_ferry",

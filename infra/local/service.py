@@ -50,9 +50,9 @@ class Endpoints:
 
 def _root(home: Path | None) -> Path:
     if home is None:
-        from infra.settings import ferry_home
+        from infra.settings import check_home, ferry_home
 
-        home = ferry_home()
+        home = check_home(ferry_home())
     return Path(home).expanduser().resolve() / "local"
 
 
@@ -190,8 +190,34 @@ def ensure_running(home: Path | None = None, vm_runtime: str | None = None) -> E
         if stale:
             _end_process(stale.get("pid"), timeout=2.0)
             (root / "service.json").unlink(missing_ok=True)
+        holder = _holder(root)
+        if holder:  # alive, holding this home, but its record is garbled or gone: never a second one
+            raise CloudError(f"a local cloud service runs on {root.parent} (pid {holder}) but its record "
+                             f"{root / 'service.json'} is unreadable",
+                             hint="`python cli.py local stop` ends it and its VMs; the next command starts a fresh one")
         _kill_vm_leftovers(root)
         return Endpoints.from_info(_start(root, vm_runtime))
+
+
+def _holder(root: Path) -> int | None:
+    """The pid of the service holding ROOT's `service.running` lock, or None when none does."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(root / "service.running"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            pid = int((root / "service.pid").read_text())
+        except (OSError, ValueError):
+            return -1
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return -1
+        return pid if b"infra.local" in cmdline else -1
+    lock.release()
+    return None
 
 
 def running(home: Path | None = None) -> Endpoints | None:
@@ -207,6 +233,9 @@ def stop(home: Path | None = None) -> dict:
     with _lock(root):
         info = _read_info(root)
         pid = info.get("pid") if info else None
+        if pid is None:  # a garbled record: the service holding the home says who it is
+            holder = _holder(root)
+            pid = holder if holder and holder > 0 else None
         was_alive = _alive(pid)
         _end_process(pid)
         (root / "service.json").unlink(missing_ok=True)

@@ -42,18 +42,68 @@ def no_credentials_allowed(monkeypatch):
     (["--zone", "mars", "up"], "invalid zone 'mars'"),
     (["down", "Bad_Name"], "invalid VM name"),
     (["down", "vm-1", "--all"], "not both"),
-    (["--backend", "gcp", "--project", "p", "up", "--gpu", "k80"], "end of life on Compute Engine on 2024-05-01"),
+    (["--backend", "gcp", "--project", "my-proj", "up", "--gpu", "k80"], "end of life on Compute Engine on 2024-05-01"),
+    # GCP's own naming rules, before any call (several were once accepted into dry runs)
+    (["--bucket", "My_Bucket", "runs"], "invalid bucket name 'My_Bucket'"),
+    (["--bucket", "goog-data", "run", "selftest", "--dry-run"], "invalid bucket name 'goog-data'"),
+    (["--bucket", "a..b", "up", "--dry-run"], "invalid bucket name 'a..b'"),
+    (["--bucket", "192.168.5.4", "up", "--dry-run"], "invalid bucket name '192.168.5.4'"),
+    (["--bucket", "x" * 64, "up", "--dry-run"], "invalid bucket name"),
+    (["--project", "My-Project", "up", "--dry-run"], "invalid project id 'My-Project'"),
+    (["--project", "p", "up", "--dry-run"], "invalid project id 'p'"),
+    (["--project", "proj-", "status"], "invalid project id 'proj-'"),
+    # a dry run validates as much as the real command
+    (["--zone", "us-central1-z", "up", "--dry-run"], "unknown zone 'us-central1-z'"),
+    (["--zone", "us-central1-z", "run", "selftest", "--dry-run"], "unknown zone 'us-central1-z'"),
+    (["--project", "my-proj", "--zone", "europe-west99-a", "up", "--dry-run"], "unknown zone 'europe-west99-a'"),
+    # values the trainer would refuse on the VM, after provisioning
+    (["run", "mnist-nn", "--set", "lr=inf", "--dry-run"], "finite"),
+    (["run", "mnist-nn", "--set", "batch_size=64", "--dry-run"], "only with mode=minibatch"),
+    (["run", "mnist-svm", "--set", "svm_epochs=12", "--dry-run"], "epoch 12 is not in 0..9"),
+    (["run", "q6", "--set", "svm_epochs=none", "--dry-run"], "needs at least 1 epoch"),
+    (["run", "tf-quickstart", "--set", "seed=99999999999", "--dry-run"], "must be at most"),
+    (["pull", "latest", "--to", "README.md"], "is a file, not a folder"),
+    # Click's own usage errors: one line too
+    (["run"], "missing argument 'JOB'"),
+    (["up", "--max-hours", "many"], "'many' is not a valid float"),
+    (["--jsn", "status"], "no such option '--jsn'"),
+    (["stauts"], "no such command 'stauts'"),
 ])
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(capsys, isolated_env, no_credentials_allowed, argv, match):
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(capsys, isolated_env, no_credentials_allowed, argv, match,
+                                                            monkeypatch):
+    monkeypatch.chdir(ROOT)
     rc, out, err = run(capsys, *argv)
     assert rc == 2, (out, err)
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and match in errors[0], err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], err
     assert not (isolated_env / "local").exists()  # no local service started, nothing created
 
 
+@pytest.mark.parametrize("config,match", [
+    ("projct: my-proj\n", "unknown setting"),
+    ("project: 12345678\n", "project must be text"),
+    ("zone: [us-central1-a]\n", "zone must be text"),
+    ("project: [\n", "not valid YAML"),
+    ("- project\n", "expected a mapping"),
+])
+def test_a_bad_config_file_is_one_line(capsys, isolated_env, no_credentials_allowed, config, match):
+    (isolated_env / "config.yaml").write_text(config)
+    rc, _, err = run(capsys, "up", "--dry-run")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_ferry_home_that_is_a_file_is_one_line(capsys, isolated_env, no_credentials_allowed, monkeypatch, tmp_path):
+    home = tmp_path / "a-file"
+    home.write_text("not a folder")
+    monkeypatch.setenv("FERRY_HOME", str(home))
+    for argv in (["status"], ["up", "--dry-run"], ["local", "status"]):
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "is a file, not a folder" in err, (argv, err)
+    assert home.read_text() == "not a folder"
+
+
 def test_k80_on_gcp_names_the_successor_and_its_price(capsys, isolated_env, no_credentials_allowed):
-    rc, _, err = run(capsys, "--backend", "gcp", "--project", "p", "up", "--gpu", "k80", "--dry-run")
+    rc, _, err = run(capsys, "--backend", "gcp", "--project", "my-proj", "up", "--gpu", "k80", "--dry-run")
     assert rc == 2
     assert "closest current GPU is t4" in err and "$0.35/h per GPU" in err and "--gpu t4" in err
 
@@ -76,7 +126,7 @@ def test_dry_run_on_gcp_needs_no_credentials(capsys, isolated_env, no_credential
 
 
 def test_human_dry_run_prints_body_calls_and_cost(capsys, isolated_env, no_credentials_allowed):
-    rc, out, err = run(capsys, "--project", "p", "up", "--template", "l4", "--dry-run")
+    rc, out, err = run(capsys, "--project", "my-proj", "up", "--template", "l4", "--dry-run")
     assert rc == 0, err
     assert "g2-standard-4" in out and "$0.71/h" in out and "instances.insert" in out and '"maxRunDuration"' in out
 

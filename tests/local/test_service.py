@@ -164,3 +164,48 @@ def test_storage_create_if_absent_and_concurrency(api_cloud):
         assert bucket.blob("lock").download_as_text(timeout=5) == "third"  # a blocked server would time out
     finally:
         stuck.close()
+
+
+def test_a_damaged_state_file_stops_the_service_instead_of_forgetting_vms(tmp_path):
+    """GCE never forgets an instance: a truncated instances.json is a clear error, not an empty
+    cloud (which would drop VMs from `status` while their disks stay)."""
+    from infra.errors import CloudError
+    from infra.local import service
+
+    home = tmp_path / "home"
+    service.ensure_running(home, vm_runtime="none")
+    service.stop(home)
+    state = home / "local" / "compute" / "instances.json"
+    state.write_text('[{"project": "ferry-local", "zone": "us-central1-a", "resource": {"name": "vm-1", "sta')
+    with pytest.raises(CloudError) as exc:
+        service.ensure_running(home, vm_runtime="none")
+    assert "instances.json is unreadable" in str(exc.value) and "local reset" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    assert state.read_text().endswith('"sta')  # kept as it was, for the user to look at
+    service.reset(home)
+    service.ensure_running(home, vm_runtime="none")  # a reset starts afresh
+    service.stop(home)
+
+
+def test_a_garbled_service_record_never_starts_a_second_service(tmp_path):
+    from infra.errors import CloudError
+    from infra.local import service
+
+    home = tmp_path / "home"
+    first = service.ensure_running(home, vm_runtime="none")
+    record = home / "local" / "service.json"
+    record.write_text("{garbled")
+    try:
+        with pytest.raises(CloudError) as exc:
+            service.ensure_running(home, vm_runtime="none")
+        assert f"pid {first.pid}" in str(exc.value) and "local stop" in str(exc.value)
+        assert processes_alive(first.pid)
+    finally:
+        assert service.stop(home)["stopped"] is True  # stop finds it by the lock it holds
+    assert not processes_alive(first.pid)
+
+
+def processes_alive(pid):
+    from infra.local.vm import processes
+
+    return processes.alive(pid)

@@ -47,6 +47,10 @@ class Timing:
     setter_s: float = 0.01  # setMetadata / setLabels
 
 
+class StateError(Exception):
+    """The service's saved state cannot be read: it must not start as if it were empty."""
+
+
 class NullVm:
     """The VM runtime stand-in for `--vm-runtime none` (API-only tests): no SSH, no processes."""
 
@@ -248,12 +252,17 @@ class Compute:
             return []
         try:
             data = json.loads(self._state_file.read_text())
-        except (OSError, ValueError):
-            log.warning("unreadable %s; starting with no instances", self._state_file)
-            return []
+            records = [(rec["project"], rec["zone"], rec["resource"], rec.get("deadline")) for rec in data]
+            if any(not isinstance(r, dict) or "name" not in r or "status" not in r for _, _, r, _ in records):
+                raise ValueError("an instance record lacks its name or status")
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            # Google Cloud never forgets an instance: neither do we. Dropping the records would
+            # drop VMs from every listing while their disks (and cost, on GCE) stay.
+            raise StateError(f"the local Compute Engine's state {self._state_file} is unreadable "
+                             f"({e.__class__.__name__}: {e}); `python cli.py local reset` wipes the local cloud") from None
         again = []
-        for rec in data:
-            inst = Instance(rec["project"], rec["zone"], rec["resource"], rec.get("deadline"))
+        for project, zone, resource, deadline in records:
+            inst = Instance(project, zone, resource, deadline)
             self._instances[inst.key] = inst
             if inst.status == "STOPPING":
                 inst.resource["status"] = "TERMINATED"
