@@ -156,3 +156,15 @@ def test_help_and_gpus_do_not_import_compute_v1(isolated_env):
 def test_bad_input_on_the_default_local_backend_is_one_line(capsys):
     rc, out, err = run(capsys, "up", "--gpu", "tt4")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: unknown GPU")
+
+
+def test_run_dry_run_shows_the_instance_body_and_the_cost_it_would_confirm(capsys, isolated_env, no_credentials_allowed):
+    rc, out, err = run(capsys, "run", "mnist-nn", "--dry-run")
+    assert rc == 0, err
+    assert "cost:      at most $2.16" in out  # $0.54/h for the template's 4 h limit
+    body = json.loads(out.split("instance body (instances.insert):\n", 1)[1].rsplit("dry run:", 1)[0])
+    assert body["labels"]["ferry-run"].startswith("mnist-nn-") and body["scheduling"]["maxRunDuration"]["seconds"] == "14400"
+    meta = {i["key"]: i["value"] for i in body["metadata"]["items"]}
+    assert meta["ferry-run-bucket"] == "ferry-local" and "ferry/setup" in meta["startup-script"]
+    assert "https://www.googleapis.com/auth/compute" in body["serviceAccounts"][0]["scopes"]
+    assert not (isolated_env / "local").exists()
