@@ -8,6 +8,8 @@
     ctl.clear_faults()
     ctl.requests()                                 # [{service, method, path, query, time}]
     ctl.preempt("us-central1-a", "my-vm")
+    ctl.set_quota("us-central1", "NVIDIA_T4_GPUS", 1)   # regions.get shows it; insert enforces it
+    ctl.set_page_size(2)                           # every list pages after 2 items
 """
 
 from __future__ import annotations
@@ -80,6 +82,21 @@ class Control:
     def expire(self, zone: str, vm: str) -> None:
         """Fast-forward the VM to the end of its scheduling.maxRunDuration."""
         self._vm(zone, vm, "expire")
+
+    # quotas and settings
+    def set_quota(self, region: str, metric: str, limit: float) -> dict:
+        """Set a regional quota limit (region "global" for GPUS_ALL_REGIONS)."""
+        return self._call("POST", "/quotas", {"region": region, "metric": metric, "limit": limit})
+
+    def quotas(self, region: str | None = None) -> list[dict]:
+        return self._call("GET", "/quotas", query={"project": self.project, **({"region": region} if region else {})})
+
+    def reset_quotas(self) -> None:
+        self._call("DELETE", "/quotas")
+
+    def set_page_size(self, page_size: int) -> int:
+        """The default page size of every Compute Engine list (GCE's is 500)."""
+        return self._call("POST", "/settings", {"page_size": page_size})["page_size"]
 
     def instances(self) -> list[dict]:
         """Instances as the service holds them, with SSH port and the live pids of each VM."""

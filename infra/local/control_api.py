@@ -11,6 +11,12 @@
     POST   /_ferry/instances/{zone}/{name}/drop-ssh                 close its SSH connections
     POST   /_ferry/instances/{zone}/{name}/maintenance  {value}     metadata maintenance-event
     POST   /_ferry/instances/{zone}/{name}/expire                   reach maxRunDuration now
+    GET    /_ferry/quotas[?region=R]              regional quotas: [{region, metric, limit, usage}]
+    POST   /_ferry/quotas   {region, metric, limit}   set one limit (region "global": GPUS_ALL_REGIONS)
+    DELETE /_ferry/quotas                         every limit back to its default
+    GET    /_ferry/settings                       {page_size}
+    POST   /_ferry/settings {page_size}           the default page size of every list (1-500;
+                                                  FERRY_LOCAL_PAGE_SIZE sets it at start)
 Every instance route takes `?project=` (default ferry-local). Errors: {"error": message}.
 """
 
@@ -87,6 +93,33 @@ class ControlApi:
             if method == "DELETE":
                 self.log.clear()
                 return 200, {"cleared": True}
+        if path == "/_ferry/quotas":
+            project = (query.get("project") or [DEFAULT_PROJECT])[0]
+            if method == "GET":
+                from infra.local.compute import catalog
+
+                wanted = (query.get("region") or [None])[0]
+                return 200, [{"region": r, **q} for r in catalog.REGIONS if not wanted or r == wanted
+                             for q in self.compute.region_quotas(project, r, schema_only=False)]
+            if method == "POST":
+                if not body.get("region") or not body.get("metric") or body.get("limit") is None:
+                    return 400, {"error": "a quota needs region, metric and limit"}
+                try:
+                    limit = float(body["limit"])
+                except (TypeError, ValueError):
+                    return 400, {"error": f"quota limit must be a number, not {body['limit']!r}"}
+                return 200, self.compute.quotas.set(body["region"], body["metric"], limit)
+            if method == "DELETE":
+                self.compute.quotas.reset()
+                return 200, {"reset": True}
+        if path == "/_ferry/settings":
+            if method == "POST" and "page_size" in body:
+                size = body["page_size"]
+                if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 500:
+                    return 400, {"error": "page_size must be an integer from 1 to 500"}
+                self.compute.page_size = size
+            if method in ("GET", "POST"):
+                return 200, {"page_size": self.compute.page_size}
         if path == "/_ferry/instances" and method == "GET":
             return 200, self.compute.debug_view()
         m = _INSTANCE.match(path)

@@ -202,3 +202,106 @@ def test_guest_attributes_need_enabling_like_on_gce(api_cloud, instances):
     with pytest.raises(gexc.NotFound, match="guest attributes are not enabled"):
         instances.get_guest_attributes(request={"project": P, "zone": Z, "instance": "ga-off", "query_path": "hostkeys/"})
     wait_operation(api_cloud, instances.delete(project=P, zone=Z, instance="ga-off"))
+
+
+# ---------------------------------------------------------------------------- the calls real tools use
+def test_project_network_and_disks(api_cloud, instances):
+    opts = api_cloud.compute_options()
+    project = compute_v1.ProjectsClient(**opts).get(project=P)
+    assert project.name == P and project.default_service_account.endswith("-compute@developer.gserviceaccount.com")
+    assert any(q.metric == "GPUS_ALL_REGIONS" for q in project.quotas)
+    nets = compute_v1.NetworksClient(**opts)
+    assert [n.name for n in nets.list(project=P)] == ["default"]
+    assert nets.get(project=P, network="default").auto_create_subnetworks is True
+    with pytest.raises(gexc.NotFound):
+        nets.get(project=P, network="vpc-2")
+    create(api_cloud, instances, "dsk-a", gpu=None)
+    disks = compute_v1.DisksClient(**opts)
+    boot = disks.get(project=P, zone=Z, disk="dsk-a")
+    assert boot.size_gb == 100 and boot.users[0].endswith("/instances/dsk-a")
+    assert boot.source_image.endswith("/images/common-cu129-v20250825-ubuntu-2204-py310")
+    assert "dsk-a" in [d.name for d in disks.list(project=P, zone=Z)]
+    wait_operation(api_cloud, instances.delete(project=P, zone=Z, instance="dsk-a"))
+    with pytest.raises(gexc.NotFound):
+        disks.get(project=P, zone=Z, disk="dsk-a")
+
+
+def test_set_tags_reset_serial_port_and_operations_list(api_cloud, instances):
+    create(api_cloud, instances, "tag-1", gpu=None)
+    vm = instances.get(project=P, zone=Z, instance="tag-1")
+    tags = compute_v1.Tags(items=["http-server"], fingerprint=vm.tags.fingerprint)
+    done = wait_operation(api_cloud, instances.set_tags(project=P, zone=Z, instance="tag-1", tags_resource=tags))
+    assert done.operation_type == "setTags"
+    vm2 = instances.get(project=P, zone=Z, instance="tag-1")
+    assert list(vm2.tags.items) == ["http-server"] and vm2.tags.fingerprint != vm.tags.fingerprint
+    with pytest.raises(gexc.PreconditionFailed, match="fingerprint"):
+        instances.set_tags(project=P, zone=Z, instance="tag-1", tags_resource=tags)
+    done = wait_operation(api_cloud, instances.reset(project=P, zone=Z, instance="tag-1"))
+    assert done.operation_type == "reset" and not done.error.errors
+    assert instances.get(project=P, zone=Z, instance="tag-1").status == "RUNNING"
+    out = instances.get_serial_port_output(project=P, zone=Z, instance="tag-1")
+    assert out.contents == "" and out.next_ == 0
+    ops = compute_v1.ZoneOperationsClient(**api_cloud.compute_options())
+    types = {o.operation_type for o in ops.list(request={"project": P, "zone": Z, "filter": 'operationType = "setTags"'})}
+    assert types == {"setTags"}
+    wait_operation(api_cloud, instances.stop(project=P, zone=Z, instance="tag-1"))
+    with pytest.raises(gexc.BadRequest, match="not ready"):
+        instances.reset(project=P, zone=Z, instance="tag-1")
+    wait_operation(api_cloud, instances.delete(project=P, zone=Z, instance="tag-1"))
+
+
+def test_deletion_protection_until_unprotected(api_cloud, instances):
+    inst = instance_resource("prot-1", gpu=None)
+    inst.deletion_protection = True
+    wait_operation(api_cloud, instances.insert(project=P, zone=Z, instance_resource=inst))
+    with pytest.raises(gexc.BadRequest, match="protected against deletion") as info:
+        instances.delete(project=P, zone=Z, instance="prot-1")
+    assert info.value.errors[0]["reason"] == "invalidUsage"
+    wait_operation(api_cloud, instances.set_deletion_protection(
+        request={"project": P, "zone": Z, "resource": "prot-1", "deletion_protection": False}))
+    wait_operation(api_cloud, instances.delete(project=P, zone=Z, instance="prot-1"))
+
+
+def test_custom_machine_types(api_cloud, instances):
+    mts = compute_v1.MachineTypesClient(**api_cloud.compute_options())
+    for name, cpus, mem in (("custom-4-15360", 4, 15360), ("n2-custom-8-32768", 8, 32768),
+                            ("e2-custom-4-8192", 4, 8192), ("custom-2-20480-ext", 2, 20480)):
+        mt = mts.get(project=P, zone=Z, machine_type=name)
+        assert (mt.guest_cpus, mt.memory_mb) == (cpus, mem)
+    with pytest.raises(gexc.BadRequest, match="per vCPU"):
+        mts.get(project=P, zone=Z, machine_type="custom-2-20480")
+    done = create(api_cloud, instances, "cust-1", machine_type="custom-6-23040")  # T4 on a custom N1
+    assert not done.error.errors
+    wait_operation(api_cloud, instances.delete(project=P, zone=Z, instance="cust-1"))
+
+
+def test_pages_are_followed_by_the_official_pager_and_by_ferry(api_cloud, instances, monkeypatch):
+    from infra import clients, provision
+    from infra.settings import resolve
+
+    names = [f"page-{i}" for i in range(3)]
+    for n in names:
+        create(api_cloud, instances, n, gpu=None, labels={"ferry-vm": n, "ferry-owner": "t"})
+    api_cloud.control.set_page_size(1)
+    try:
+        api_cloud.control.clear_requests()
+        assert sorted(i.name for i in instances.list(project=P, zone=Z) if i.name in names) == names
+        pages = [r for r in api_cloud.control.requests() if r["path"].endswith(f"/zones/{Z}/instances")]
+        assert len(pages) >= 3 and any("pageToken=" in r["query"] for r in pages)
+        monkeypatch.setenv("FERRY_HOME", str(api_cloud.home))
+        for var in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "FERRY_BACKEND", "FERRY_ZONE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("CLOUDSDK_CONFIG", str(api_cloud.home / "no-gcloud"))
+        clients.reset_cache()
+        api_cloud.control.clear_requests()
+        try:
+            found = [v.name for v in provision.list_vms(resolve())]
+        finally:
+            clients.reset_cache()
+        assert sorted(n for n in found if n in names) == names
+        agg = [r for r in api_cloud.control.requests() if r["path"].endswith("/aggregated/instances")]
+        assert len(agg) >= 3 and any("pageToken=" in r["query"] for r in agg)
+    finally:
+        api_cloud.control.set_page_size(500)
+    for n in names:
+        wait_operation(api_cloud, instances.delete(project=P, zone=Z, instance=n))

@@ -133,3 +133,22 @@ def test_bad_fault_requests_are_usage_errors(api_cloud):
         api_cloud.control.fault("stockout", zone="mars-1a")
     with pytest.raises(UsageError, match="not a Spot VM|was not found"):
         api_cloud.control.preempt(Z, "nobody")
+
+
+def test_regional_quota_set_through_control_counts_spot_separately(api_cloud, instances):
+    api_cloud.control.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 1)
+    try:
+        assert not insert(api_cloud, instances, "qs-1", spot=True).error.errors
+        assert not insert(api_cloud, instances, "qs-2").error.errors  # on-demand: its own metric
+        done = insert(api_cloud, instances, "qs-3", spot=True)
+        (err,) = done.error.errors
+        assert err.code == "QUOTA_EXCEEDED" and "PREEMPTIBLE_NVIDIA_T4_GPUS" in err.message
+        region = compute_v1.RegionsClient(**api_cloud.compute_options()).get(project=P, region="us-central1")
+        quotas = {q.metric: (q.limit, q.usage) for q in region.quotas}
+        assert quotas["PREEMPTIBLE_NVIDIA_T4_GPUS"] == (1.0, 1.0) and quotas["NVIDIA_T4_GPUS"] == (16.0, 1.0)
+        with pytest.raises(UsageError, match="Unknown region"):
+            api_cloud.control.set_quota("mars-1", "CPUS", 1)
+    finally:
+        api_cloud.control.reset_quotas()
+    delete(api_cloud, instances, "qs-1")
+    delete(api_cloud, instances, "qs-2")

@@ -6,6 +6,7 @@ pages), as of 2025-2026; real availability changes. One table each, nothing else
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------- GPUs
@@ -68,10 +69,15 @@ class MachineType:
     gpu: str | None = None  # built-in accelerator
     gpu_count: int = 0
     shared_core: bool = False
+    family: str = ""  # the series when the name does not start with it (N1 custom-*)
 
     @property
     def series(self) -> str:
-        return self.name.split("-", 1)[0]
+        return self.family or self.name.split("-", 1)[0]
+
+    @property
+    def custom(self) -> bool:
+        return "custom-" in self.name
 
 
 def _machine_types() -> dict[str, MachineType]:
@@ -102,6 +108,98 @@ def _machine_types() -> dict[str, MachineType]:
 
 
 MACHINE_TYPES = _machine_types()
+
+
+# Custom machine types (compute/docs/instances/creating-instance-with-custom-machine-type):
+# series -> (vCPU rule, memory per vCPU MB (min, max), total memory cap MB with -ext, without)
+_CUSTOM_RE = re.compile(r"(?:(n1|n2|e2)-)?custom-([0-9]+)-([0-9]+)(-ext)?")
+_CUSTOM_MEMORY = {"n1": (921.6, 6656, 624 * 1024), "n2": (512, 8192, 864 * 1024), "e2": (512, 8192, None)}
+
+
+def _custom_cpus_ok(series: str, cpus: int) -> str | None:
+    if series == "n1":
+        return None if cpus == 1 or (cpus % 2 == 0 and 2 <= cpus <= 96) else \
+            "the number of vCPUs must be 1 or an even number up to 96"
+    if series == "e2":
+        return None if cpus % 2 == 0 and 2 <= cpus <= 32 else "the number of vCPUs must be an even number from 2 to 32"
+    ok = (2 <= cpus <= 32 and cpus % 2 == 0) or (36 <= cpus <= 80 and cpus % 4 == 0) or (88 <= cpus <= 128 and cpus % 8 == 0)
+    return None if ok else ("the number of vCPUs must be a multiple of 2 up to 32, of 4 from 36 to 80, "
+                            "of 8 from 88 to 128")
+
+
+def custom_machine_type(name: str) -> MachineType | str | None:
+    """A custom machine type by GCE's rules: the MachineType, a str saying why NAME breaks
+    them, or None when NAME is not a custom machine type name at all."""
+    m = _CUSTOM_RE.fullmatch(name)
+    if not m:
+        return None
+    series, cpus, memory, ext = m.group(1) or "n1", int(m.group(2)), int(m.group(3)), bool(m.group(4))
+    why = _custom_cpus_ok(series, cpus)
+    if why:
+        return f"Invalid custom machine type: {why}."
+    if memory % 256:
+        return f"Memory should be a multiple of 256MiB, while {memory}MiB is requested."
+    low, high, ext_cap = _CUSTOM_MEMORY[series]
+    if ext and ext_cap is None:
+        return f"Extended memory is not supported for {series.upper()} custom machine types."
+    if memory < low * cpus:
+        return f"Memory should be at least {low / 1024:g} GB per vCPU ({memory}MiB for {cpus} vCPUs requested)."
+    if not ext and memory > high * cpus:
+        return (f"Memory should be at most {high / 1024:g} GB per vCPU ({memory}MiB for {cpus} vCPUs requested); "
+                "use extended memory (-ext) for more.")
+    cap = ext_cap if ext else (128 * 1024 if series == "e2" else None)
+    if cap and memory > cap:
+        return f"Memory should be at most {cap // 1024} GB in total, while {memory}MiB is requested."
+    return MachineType(name, cpus, memory, family=series)
+
+
+def lookup_machine_type(name: str, zone: str) -> MachineType | str | None:
+    """A predefined machine type of ZONE or a valid custom one; a str why not; None if unknown."""
+    mt = MACHINE_TYPES.get(name)
+    if mt is not None:
+        return mt if mt in machine_types_in(zone) else None
+    return custom_machine_type(name)
+
+
+def machine_type(name: str) -> MachineType | None:
+    """Any known machine type by name (predefined or valid custom), zone aside."""
+    found = MACHINE_TYPES.get(name) or custom_machine_type(name)
+    return found if isinstance(found, MachineType) else None
+
+
+# ---------------------------------------------------------------------------- disk types
+# name -> (description, min size GB, default size GB)
+DISK_TYPES = {
+    "pd-standard": ("Standard Persistent Disk", 10, 500),
+    "pd-balanced": ("Balanced Persistent Disk", 10, 100),
+    "pd-ssd": ("SSD Persistent Disk", 10, 100),
+    "pd-extreme": ("Extreme Persistent Disk", 500, 1000),
+    "hyperdisk-balanced": ("Hyperdisk Balanced", 4, 100),
+    "hyperdisk-extreme": ("Hyperdisk Extreme", 64, 1000),
+    "hyperdisk-throughput": ("Hyperdisk Throughput", 2048, 2048),
+    "hyperdisk-ml": ("Hyperdisk ML", 4, 100),
+}
+HYPERDISK = {d for d in DISK_TYPES if d.startswith("hyperdisk-")}
+
+
+def disk_type_refusal(mt: MachineType, disk_type: str) -> bool:
+    """Whether GCE refuses DISK_TYPE on MT (the documented per-series disk support; only the
+    refusals we are sure of: A3 Ultra is Hyperdisk only, G2 and A3 take no pd-standard, E2
+    no Hyperdisk or pd-extreme, N1 no Hyperdisk Balanced/Extreme)."""
+    if mt.name.startswith("a3-ultragpu"):
+        return disk_type not in ("hyperdisk-balanced", "hyperdisk-extreme", "hyperdisk-ml")
+    if mt.series in ("g2", "a3"):
+        return disk_type in ("pd-standard", "pd-extreme")
+    if mt.series == "e2":
+        return disk_type in HYPERDISK or disk_type == "pd-extreme"
+    if mt.series == "n1":
+        return disk_type in ("hyperdisk-balanced", "hyperdisk-extreme", "pd-extreme")
+    return False
+
+
+# Confidential VM (compute/confidential-vm/docs/supported-configurations): AMD SEV / Intel TDX
+# series only; never N1, E2, G2, A2 (nor the 8-GPU A3 of this catalog).
+CONFIDENTIAL_SERIES = {"n2d", "c2d", "c3", "c3d"}
 
 
 def machine_types_in(zone: str) -> list[MachineType]:

@@ -14,25 +14,40 @@ from http import HTTPStatus
 
 
 class GceError(Exception):
-    def __init__(self, status: int, message: str, reason: str, domain: str = "global"):
+    def __init__(self, status: int, message: str, reason: str, domain: str = "global", extra: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
         self.domain = domain
+        self.extra = extra or {}
 
     def body(self) -> dict:
         return {
             "error": {
                 "code": self.status,
                 "message": self.message,
-                "errors": [{"domain": self.domain, "reason": self.reason, "message": self.message}],
+                "errors": [{"message": self.message, "domain": self.domain, "reason": self.reason}],
+                **self.extra,
             }
         }
 
 
 def invalid(field: str, value, why: str) -> GceError:
     return GceError(400, f"Invalid value for field '{field}': '{value}'. {why}", "invalid")
+
+
+def invalid_payload(message: str, field: str) -> GceError:
+    """A body the API's JSON parser refuses (unknown field, wrong type, bad enum value), as
+    Google's front end answers it: INVALID_ARGUMENT with a google.rpc.BadRequest detail."""
+    return GceError(400, message, "invalid", extra={
+        "status": "INVALID_ARGUMENT",
+        "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                     "fieldViolations": [{"field": field, "description": message}]}]})
+
+
+def invalid_usage(message: str) -> GceError:
+    return GceError(400, f"Invalid resource usage: '{message}'.", "invalidUsage")
 
 
 def bad_request(message: str) -> GceError:

@@ -11,6 +11,11 @@ happens on a worker thread, one action at a time per instance:
 
 Instance records persist in `<state_dir>/instances.json`; on a service start, an instance that
 was RUNNING (or on its way) boots again with a fresh VM runtime on the same disk directory.
+
+Quotas (`Quotas`): per region and metric (CPUS, N2_CPUS, A2_CPUS, NVIDIA_T4_GPUS,
+PREEMPTIBLE_NVIDIA_T4_GPUS, ...), the usage counted from the instances that hold resources
+(every status but TERMINATED); insert and start fail with QUOTA_EXCEEDED past the limit.
+Disks: each instance's disks (boot disk named like the instance) live and die with it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -28,7 +34,7 @@ from typing import Callable
 
 from infra.local.compute import catalog
 from infra.local.compute import exceptions as exc
-from infra.local.compute.faults import Faults
+from infra.local.compute.faults import Faults, gpu_quota_metric
 from infra.local.compute import validation
 from infra.local.compute.filters import compile_filter
 from infra.local.compute.resource import API, fingerprint, last, new_id, now_rfc3339, zone_link
@@ -44,7 +50,7 @@ class Timing:
     stage_s: float = 0.02
     stop_s: float = 0.01
     preempt_grace_s: float = 1.0
-    setter_s: float = 0.01  # setMetadata / setLabels
+    setter_s: float = 0.01  # setMetadata / setLabels / setTags / setDeletionProtection
 
 
 class StateError(Exception):
@@ -110,6 +116,72 @@ class InstanceHost:
 
     def poweroff(self) -> None:
         self.compute.guest_poweroff(self.inst)
+
+
+# ---------------------------------------------------------------------------- quotas
+DEFAULT_CPU_LIMIT = 2400.0
+DEFAULT_GPU_LIMIT = 16.0  # per GPU metric and region (room for an a2-megagpu-16g)
+DEFAULT_GLOBAL_GPU_LIMIT = 64.0  # GPUS_ALL_REGIONS (the project-wide quota)
+
+
+def cpu_quota_metric(series: str) -> str:
+    """The regional vCPU quota a machine series counts against (N1, E2 and the rest: CPUS)."""
+    return {"n2": "N2_CPUS", "a2": "A2_CPUS"}.get(series, "CPUS")
+
+
+class Quotas:
+    """Regional quota limits (defaults, or set through the control interface)."""
+
+    def __init__(self):
+        self._limits: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def metrics(region: str) -> list[str]:
+        zones = [z for z in catalog.ZONES if catalog.region_of(z) == region]
+        out = ["CPUS", "N2_CPUS", "A2_CPUS"]
+        for g in sorted({g for z in zones for g in catalog.ZONES[z]}):
+            out += [gpu_quota_metric(g), gpu_quota_metric(g, spot=True)]
+        return out
+
+    def limit(self, region: str, metric: str) -> float:
+        with self._lock:
+            found = self._limits.get((region, metric))
+        if found is not None:
+            return found
+        if region == "global":
+            return DEFAULT_GLOBAL_GPU_LIMIT
+        return DEFAULT_GPU_LIMIT if metric.endswith("_GPUS") else DEFAULT_CPU_LIMIT
+
+    def set(self, region: str, metric: str, limit: float) -> dict:
+        if region not in catalog.REGIONS and region != "global":
+            raise exc.bad_request(f"Unknown region {region!r} (a region, or 'global' for GPUS_ALL_REGIONS).")
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", metric or ""):
+            raise exc.bad_request(f"Invalid quota metric {metric!r} (e.g. CPUS, NVIDIA_T4_GPUS).")
+        limit = float(limit)
+        if limit < 0:
+            raise exc.bad_request("A quota limit must be at least 0.")
+        with self._lock:
+            self._limits[(region, metric)] = limit
+        return {"region": region, "metric": metric, "limit": limit}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._limits.clear()
+
+
+def instance_demand(inst: "Instance") -> dict[str, float]:
+    """metric -> amount an instance holds while not TERMINATED."""
+    mt = catalog.machine_type(last(inst.resource["machineType"]))
+    out: dict[str, float] = {}
+    if mt is not None:
+        out[cpu_quota_metric(mt.series)] = float(mt.cpus)
+    gpu, count = inst.accelerator
+    if gpu:
+        sched = inst.scheduling
+        spot = sched.get("provisioningModel") == "SPOT" or bool(sched.get("preemptible"))
+        out[gpu_quota_metric(gpu, spot)] = out.get(gpu_quota_metric(gpu, spot), 0.0) + float(count)
+    return out
 
 
 # ---------------------------------------------------------------------------- operations
@@ -179,6 +251,7 @@ class Instance:
     deadline: float | None = None  # maxRunDuration end (epoch seconds), while RUNNING
     vm: object | None = None
     guest: dict = field(default_factory=dict)  # guest attributes "namespace/key" -> value
+    disks: list = field(default_factory=list)  # the compute#disk resources it created
     gone: bool = False
     action_lock: threading.Lock = field(default_factory=threading.Lock)
     timer: threading.Timer | None = None
@@ -207,7 +280,7 @@ class Instance:
     def accelerator(self) -> tuple[str | None, int]:
         for acc in self.resource.get("guestAccelerators") or []:
             return last(acc["acceleratorType"]), int(acc.get("acceleratorCount", 1))
-        mt = catalog.MACHINE_TYPES.get(last(self.resource["machineType"]))
+        mt = catalog.machine_type(last(self.resource["machineType"]))
         return (mt.gpu, mt.gpu_count) if mt and mt.gpu else (None, 0)
 
     def metadata_items(self) -> dict[str, str]:
@@ -231,6 +304,9 @@ class Compute:
         self._operations: dict[str, Operation] = {}
         self._request_ids: dict[str, Operation] = {}
         self._tokens: dict[str, tuple[tuple[str, str, str], tuple[str, ...]]] = {}  # VM token -> (instance, scopes)
+        self.quotas = Quotas()
+        env_page = os.environ.get("FERRY_LOCAL_PAGE_SIZE")
+        self.page_size = int(env_page) if env_page and env_page.isdigit() and int(env_page) > 0 else 500
         self._closed = False
 
     # ------------------------------------------------------------------ persistence
@@ -240,7 +316,8 @@ class Compute:
 
     def _save(self) -> None:
         with self._lock:
-            data = [{"project": i.project, "zone": i.zone, "resource": i.resource, "deadline": i.deadline}
+            data = [{"project": i.project, "zone": i.zone, "resource": i.resource, "deadline": i.deadline,
+                     "disks": i.disks}
                     for i in self._instances.values()]
             tmp = self._state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=1))
@@ -252,8 +329,9 @@ class Compute:
             return []
         try:
             data = json.loads(self._state_file.read_text())
-            records = [(rec["project"], rec["zone"], rec["resource"], rec.get("deadline")) for rec in data]
-            if any(not isinstance(r, dict) or "name" not in r or "status" not in r for _, _, r, _ in records):
+            records = [(rec["project"], rec["zone"], rec["resource"], rec.get("deadline"), rec.get("disks") or [])
+                       for rec in data]
+            if any(not isinstance(r, dict) or "name" not in r or "status" not in r for _, _, r, _, _ in records):
                 raise ValueError("an instance record lacks its name or status")
         except (OSError, ValueError, TypeError, KeyError) as e:
             # Google Cloud never forgets an instance: neither do we. Dropping the records would
@@ -261,8 +339,8 @@ class Compute:
             raise StateError(f"the local Compute Engine's state {self._state_file} is unreadable "
                              f"({e.__class__.__name__}: {e}); `python cli.py local reset` wipes the local cloud") from None
         again = []
-        for project, zone, resource, deadline in records:
-            inst = Instance(project, zone, resource, deadline)
+        for project, zone, resource, deadline, disks in records:
+            inst = Instance(project, zone, resource, deadline, disks=disks)
             self._instances[inst.key] = inst
             if inst.status == "STOPPING":
                 inst.resource["status"] = "TERMINATED"
@@ -328,15 +406,22 @@ class Compute:
         self.check_zone(project, zone)
         if request_id and request_id in self._request_ids:
             return self._request_ids[request_id]
-        resource, warnings = validation.instance_resource(project, zone, body)
+        resource, warnings, disks = validation.instance_resource(project, zone, body)
         name = resource["name"]
         with self._lock:
             if (project, zone, name) in self._instances:
                 raise exc.already_exists(f"projects/{project}/zones/{zone}/instances/{name}")
-            inst = Instance(project, zone, resource)
+            taken = {d["name"] for i in self._instances.values() if i.project == project and i.zone == zone
+                     and not i.gone for d in i.disks}
+            for d in disks:
+                if d["name"] in taken:
+                    raise exc.already_exists(f"projects/{project}/zones/{zone}/disks/{d['name']}")
+            inst = Instance(project, zone, resource, disks=disks)
             gpu, _ = inst.accelerator
             failure = self.faults.insert_failure(project, zone, last(resource["machineType"]), gpu,
                                                  resource["scheduling"].get("provisioningModel") == "SPOT")
+            if failure is None:
+                failure = self._quota_failure(inst)
             if failure is None:
                 self._instances[inst.key] = inst
                 self._save()
@@ -349,6 +434,52 @@ class Compute:
         else:
             self._spawn(self._do_insert, inst, op)
         return op
+
+    # ------------------------------------------------------------------ quotas
+    def quota_usage(self, project: str, region: str) -> dict[str, float]:
+        usage: dict[str, float] = {}
+        with self._lock:
+            for inst in self._instances.values():
+                if inst.project != project or inst.gone or inst.status == "TERMINATED":
+                    continue
+                if catalog.region_of(inst.zone) != region:
+                    continue
+                for metric, amount in instance_demand(inst).items():
+                    usage[metric] = usage.get(metric, 0.0) + amount
+        return usage
+
+    def region_quotas(self, project: str, region: str, schema_only: bool = True) -> list[dict]:
+        """What regions.get shows: the metrics the v1 schema names (Quota.metric's enum has no
+        NVIDIA_H100/H100_MEGA/H200_GPUS, so neither does the answer; those are still enforced)."""
+        from infra.local.compute import schema
+
+        known = set(schema.schemas()["Quota"]["properties"]["metric"]["enum"])
+        usage = self.quota_usage(project, region)
+        metrics = self.quotas.metrics(region)
+        metrics += sorted(m for m in usage if m not in metrics)
+        return [{"metric": m, "limit": self.quotas.limit(region, m), "usage": usage.get(m, 0.0)}
+                for m in metrics if m in known or not schema_only]
+
+    def _quota_failure(self, inst: Instance) -> exc.OperationFailure | None:
+        """QUOTA_EXCEEDED if INST coming up would pass a regional limit (caller holds the lock)."""
+        region = catalog.region_of(inst.zone)
+        usage = self.quota_usage(inst.project, region)
+        demand = instance_demand(inst)
+        for metric, amount in demand.items():
+            limit = self.quotas.limit(region, metric)
+            if usage.get(metric, 0.0) + amount > limit:
+                return exc.quota_exceeded(metric, limit, region)
+        gpus = inst.accelerator[1]
+        if gpus:
+            limit = self.quotas.limit("global", "GPUS_ALL_REGIONS")
+            if self.global_gpu_usage(inst.project) + gpus > limit:
+                return exc.quota_exceeded("GPUS_ALL_REGIONS", limit, None)
+        return None
+
+    def global_gpu_usage(self, project: str) -> float:
+        with self._lock:
+            return float(sum(i.accelerator[1] for i in self._instances.values()
+                             if i.project == project and not i.gone and i.status != "TERMINATED"))
 
     def _fail_op(self, op: Operation, failure: exc.OperationFailure) -> None:
         self._sleep(self.timing.provision_s)
@@ -374,7 +505,7 @@ class Compute:
     def delete(self, project: str, zone: str, name: str) -> Operation:
         inst = self.get_instance(project, zone, name)
         if inst.resource.get("deletionProtection"):
-            raise exc.bad_request("Invalid resource usage: 'Resource cannot be deleted if it's protected against deletion.'.")
+            raise exc.invalid_usage("Resource cannot be deleted if it's protected against deletion.")
         op = self._new_op(inst, "delete")
         self._spawn(self._do_delete, inst, op)
         return op
@@ -388,11 +519,109 @@ class Compute:
     def start(self, project: str, zone: str, name: str) -> Operation:
         inst = self.get_instance(project, zone, name)
         op = self._new_op(inst, "start")
-        self._spawn(self._do_start, inst, op, False)
+        with self._lock:
+            stopped = inst.status == "TERMINATED"
+            failure = self._quota_failure(inst) if stopped else None
+            if failure is None and stopped:
+                inst.resource["status"] = "STAGING"  # holds its resources from now on
+        if failure is not None:
+            self._spawn(self._fail_op, op, failure)
+        else:
+            self._spawn(self._do_start, inst, op, stopped)
         return op
+
+    def reset(self, project: str, zone: str, name: str) -> Operation:
+        """instances.reset: a hard reset of a RUNNING instance (the VM runtime restarts)."""
+        inst = self.get_instance(project, zone, name)
+        if inst.status != "RUNNING":
+            raise exc.resource_not_ready(inst.link, inst.status)
+        op = self._new_op(inst, "reset")
+
+        def run():
+            failure = None
+            with inst.action_lock:
+                if not inst.gone and inst.status == "RUNNING":
+                    self._halt_vm(inst)
+                    self._set_status(inst, "STAGING")
+                    self._sleep(self.timing.stage_s)
+                    failure = self._boot_vm(inst)
+            op.finish(failure)
+
+        self._spawn(run)
+        return op
+
+    def set_tags(self, project: str, zone: str, name: str, body: dict) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        validation.schema.check_body(body, "Tags")
+        items = list(body.get("items") or [])
+        for tag in items:
+            if not validation.NAME_RE.fullmatch(tag):
+                raise exc.invalid("resource.tags.items", tag,
+                                  "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+        with self._lock:
+            if body.get("fingerprint") != inst.resource["tags"]["fingerprint"]:
+                raise exc.condition_not_met("Supplied fingerprint does not match current tags fingerprint.")
+            inst.resource["tags"] = {"items": items, "fingerprint": fingerprint()}
+            self._save()
+        op = self._new_op(inst, "setTags")
+        self._spawn(self._finish_later, op)
+        return op
+
+    def set_deletion_protection(self, project: str, zone: str, name: str, protect: bool) -> Operation:
+        inst = self.get_instance(project, zone, name)
+        with self._lock:
+            inst.resource["deletionProtection"] = bool(protect)
+            self._save()
+        op = self._new_op(inst, "setDeletionProtection")
+        self._spawn(self._finish_later, op)
+        return op
+
+    def serial_port_output(self, project: str, zone: str, name: str, port: int, start: int) -> dict:
+        """The console: the startup script's log where the VM runtime keeps one, else empty."""
+        inst = self.get_instance(project, zone, name)
+        if port not in (1, 2, 3, 4):
+            raise exc.invalid("port", port, "Must be between 1 and 4.")
+        text = b""
+        log_path = getattr(inst.vm, "startup_log", None) if port == 1 else None
+        if log_path is not None:
+            try:
+                text = Path(log_path).read_bytes()
+            except OSError:
+                text = b""
+        start = max(0, int(start))
+        chunk = text[start:]
+        return {"kind": "compute#serialPortOutput", "contents": chunk.decode("utf-8", "replace"),
+                "start": str(start), "next": str(start + len(chunk)),
+                "selfLink": f"{inst.link}/serialPort?port={port}"}
+
+    # ------------------------------------------------------------------ disks, operations lists
+    def list_disks(self, project: str, zone: str) -> list[dict]:
+        self.check_zone(project, zone)
+        with self._lock:
+            return [json.loads(json.dumps(self._disk_view(i, d))) for i in self._instances.values()
+                    if i.project == project and i.zone == zone and not i.gone for d in i.disks]
+
+    def get_disk(self, project: str, zone: str, name: str) -> dict:
+        for d in self.list_disks(project, zone):
+            if d["name"] == name:
+                return d
+        raise exc.not_found(f"projects/{project}/zones/{zone}/disks/{name}")
+
+    @staticmethod
+    def _disk_view(inst: Instance, disk: dict) -> dict:
+        out = dict(disk)
+        if inst.resource.get("lastStartTimestamp"):
+            out["lastAttachTimestamp"] = inst.resource["lastStartTimestamp"]
+        return out
+
+    def list_operations(self, project: str, zone: str | None) -> list[dict]:
+        with self._lock:
+            ops = [o for o in self._operations.values() if o.project == project and o.zone == zone]
+        return [o.to_dict() for o in ops]
 
     def set_metadata(self, project: str, zone: str, name: str, body: dict) -> Operation:
         inst = self.get_instance(project, zone, name)
+        validation.schema.check_body(body, "Metadata")
         items = body.get("items") or []
         validation.check_metadata(items)
         with self._lock:
@@ -411,6 +640,7 @@ class Compute:
 
     def set_labels(self, project: str, zone: str, name: str, body: dict) -> Operation:
         inst = self.get_instance(project, zone, name)
+        validation.schema.check_body(body, "InstancesSetLabelsRequest")
         labels = dict(body.get("labels") or {})
         for k, v in labels.items():
             if not validation.LABEL_KEY_RE.fullmatch(k) or not validation.LABEL_VALUE_RE.fullmatch(str(v)):
@@ -733,6 +963,7 @@ class Firewalls:
         return rule
 
     def insert(self, project: str, body: dict) -> Operation:
+        validation.schema.check_body(body, "Firewall")
         name = body.get("name") or ""
         if not validation.NAME_RE.fullmatch(name):
             raise exc.invalid("resource.name", name, "Must be a match of regex '[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?'")

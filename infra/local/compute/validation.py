@@ -1,12 +1,19 @@
 """The rules of instances.insert and of metadata/labels, as Compute Engine applies them: a request
-body becomes the stored instance resource, or a GceError (400/404) saying what is wrong."""
+body becomes the stored instance resource, or a GceError (400/404) saying what is wrong.
+
+Every body is first checked against the official schema (schema.py: unknown fields, JSON
+types, enum values); fields the emulator does not act on (shieldedInstanceConfig, tags,
+confidentialInstanceConfig, data disks, ...) are stored and returned as sent."""
 
 from __future__ import annotations
 
+import copy
+import zlib
 import re
 
 from infra.local.compute import catalog
 from infra.local.compute import exceptions as exc
+from infra.local.compute import schema
 from infra.local.compute.resource import API, fingerprint, last, new_id, now_rfc3339, zone_link
 
 NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
@@ -22,20 +29,40 @@ def duration_seconds(value) -> float:
     return float(value)
 
 
-def instance_resource(project: str, zone: str, body: dict) -> tuple[dict, list[dict]]:
-    """The request body -> the resource as stored; raises GceError (400/404) when invalid."""
+# [Output Only] fields of an Instance (a client may send them back; GCE ignores them) and
+# input-only ones GCE does not return.
+_NOT_STORED = ("id", "kind", "creationTimestamp", "status", "statusMessage", "selfLink", "zone", "cpuPlatform",
+               "labelFingerprint", "fingerprint", "startRestricted", "lastStartTimestamp", "lastStopTimestamp",
+               "lastSuspendedTimestamp", "resourceStatus", "satisfiesPzs", "satisfiesPzi", "params")
+
+
+def instance_resource(project: str, zone: str, body: dict) -> tuple[dict, list[dict], list[dict]]:
+    """The request body -> (the resource as stored, the operation's warnings, the disks it
+    creates); raises GceError (400/404) when invalid."""
+    schema.check_body(body, "Instance")
     warnings: list[dict] = []
     name = body.get("name") or ""
     if not NAME_RE.fullmatch(name):
         raise exc.invalid("resource.name", name,
                           "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?|[1-9][0-9]{0,19})'")
     mt_name = last(body.get("machineType") or "")
-    mt = catalog.MACHINE_TYPES.get(mt_name)
     if not mt_name:
         raise exc.bad_request("Required field 'resource.machineType' not specified")
-    if mt is None or mt not in catalog.machine_types_in(zone):
+    mt = catalog.lookup_machine_type(mt_name, zone)
+    if isinstance(mt, str):
+        raise exc.invalid("resource.machineType", body["machineType"], mt)
+    if mt is None:
         raise exc.invalid("resource.machineType", body["machineType"],
                           f"Machine type with name '{mt_name}' does not exist in zone '{zone}'.")
+    if not body.get("networkInterfaces"):
+        raise exc.invalid("resource.networkInterfaces", "",
+                          "At least one network interface is required.")
+    conf = body.get("confidentialInstanceConfig") or {}
+    if (conf.get("enableConfidentialCompute") or conf.get("confidentialInstanceType") not in (None, "CONFIDENTIAL_INSTANCE_TYPE_UNSPECIFIED")) \
+            and mt.series not in catalog.CONFIDENTIAL_SERIES:
+        raise exc.invalid("resource.confidentialInstanceConfig", "enableConfidentialCompute=true",
+                          f"Confidential Computing is not supported for machine type {mt.name}; "
+                          "use a series that supports it (N2D, C2D, C3, C3D).")
     scheduling = dict(body.get("scheduling") or {})
     accs = body.get("guestAccelerators") or []
     gpu, count = mt.gpu, mt.gpu_count
@@ -115,61 +142,40 @@ def instance_resource(project: str, zone: str, body: dict) -> tuple[dict, list[d
     items = (body.get("metadata") or {}).get("items") or []
     check_metadata(items)
 
-    disks = body.get("disks") or []
-    boot = next((d for d in disks if d.get("boot")), disks[0] if disks else None)
-    if boot is None:
-        raise exc.bad_request("Invalid value for field 'resource.disks': ''. Boot disk must be specified.")
-    init = boot.get("initializeParams") or {}
-    source = init.get("sourceImage") or boot.get("source")
-    if not source:
-        raise exc.bad_request("Required field 'resource.disks[0].initializeParams.sourceImage' not specified")
-    image = resolve_image(source)
-    if image is None:
-        raise exc.invalid("resource.disks[0].initializeParams.sourceImage", source,
-                          "The referenced image resource cannot be found.")
-    if image.deprecated == "DEPRECATED":
-        warnings.append({"code": "DEPRECATED_RESOURCE_USED",
-                         "message": f"The resource 'projects/{image.project}/global/images/{image.name}' is deprecated. "
-                                    f"A suggested replacement is family '{image.replacement_family}'."})
-    size = int(init.get("diskSizeGb") or image.disk_size_gb)
-    if size < image.disk_size_gb:
-        raise exc.invalid("resource.disks[0].initializeParams.diskSizeGb", size,
-                          f"Requested disk size cannot be smaller than the image size ({image.disk_size_gb} GB).")
-
     link = zone_link(project, zone)
-    nics = body.get("networkInterfaces") or [{}]
+    attached, disks, image = _disks(project, zone, name, mt, body.get("disks") or [], warnings)
+
+    nics = body["networkInterfaces"]
     net_ifaces = []
     for i, nic in enumerate(nics):
-        access = [{"kind": "compute#accessConfig", "type": "ONE_TO_ONE_NAT", "name": a.get("name", "External NAT"),
+        access = [{**a, "kind": "compute#accessConfig", "type": "ONE_TO_ONE_NAT", "name": a.get("name", "External NAT"),
                    "natIP": "127.0.0.1", "networkTier": a.get("networkTier", "PREMIUM")}
                   for a in (nic.get("accessConfigs") or [])]
         net_ifaces.append({
+            **nic,
             "kind": "compute#networkInterface", "name": f"nic{i}",
             "network": f"{API}/projects/{project}/global/networks/{last(nic.get('network') or 'default')}",
             "subnetwork": f"{API}/projects/{project}/regions/{catalog.region_of(zone)}/subnetworks/default",
-            "networkIP": "127.0.0.1", "stackType": "IPV4_ONLY", "fingerprint": fingerprint(),
+            "networkIP": "127.0.0.1", "stackType": nic.get("stackType", "IPV4_ONLY"), "fingerprint": fingerprint(),
             "accessConfigs": access,
         })
     inst_id = new_id()
-    resource = {
+    resource = copy.deepcopy({k: v for k, v in body.items() if k not in _NOT_STORED})
+    resource.update({
         "kind": "compute#instance",
         "id": inst_id,
         "creationTimestamp": now_rfc3339(),
         "name": name,
         "description": body.get("description", ""),
         "tags": {"items": list((body.get("tags") or {}).get("items") or []), "fingerprint": fingerprint()},
+        "shieldedInstanceConfig": {"enableSecureBoot": False, "enableVtpm": True, "enableIntegrityMonitoring": True,
+                                   **(body.get("shieldedInstanceConfig") or {})},
         "machineType": f"{link}/machineTypes/{mt.name}",
         "status": "PROVISIONING",
         "zone": link,
         "canIpForward": bool(body.get("canIpForward", False)),
         "networkInterfaces": net_ifaces,
-        "disks": [{
-            "kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": "READ_WRITE", "index": 0,
-            "source": f"{link}/disks/{init.get('diskName') or name}", "deviceName": boot.get("deviceName") or "persistent-disk-0",
-            "boot": True, "autoDelete": bool(boot.get("autoDelete", True)), "interface": "SCSI",
-            "diskSizeGb": str(size), "architecture": "X86_64",
-            "licenses": [f"{API}/projects/{image.project}/global/licenses/{image.family}"],
-        }],
+        "disks": attached,
         "metadata": {"kind": "compute#metadata", "fingerprint": fingerprint(),
                      "items": [{"key": i["key"], "value": i.get("value", "")} for i in items]},
         "serviceAccounts": body.get("serviceAccounts") or [],
@@ -181,11 +187,97 @@ def instance_resource(project: str, zone: str, body: dict) -> tuple[dict, list[d
         "startRestricted": False,
         "deletionProtection": bool(body.get("deletionProtection", False)),
         "fingerprint": fingerprint(),
-        "sourceImage": f"{API}/projects/{image.project}/global/images/{image.name}",
-    }
+    })
     if accs:
         resource["guestAccelerators"] = [{"acceleratorType": f"{link}/acceleratorTypes/{gpu}", "acceleratorCount": count}]
-    return resource, warnings
+    return resource, warnings, disks
+
+
+def _disks(project: str, zone: str, name: str, mt: catalog.MachineType, disks: list, warnings: list):
+    """The attached disks as GCE returns them, and the disk resources they create."""
+    link = zone_link(project, zone)
+    boots = [i for i, d in enumerate(disks) if d.get("boot")]
+    if not disks:
+        raise exc.bad_request("Invalid value for field 'resource.disks': ''. Boot disk must be specified.")
+    if len(boots) > 1:
+        raise exc.invalid("resource.disks", "", "Only one boot disk may be specified.")
+    boot_at = boots[0] if boots else 0
+    if boot_at != 0:
+        raise exc.invalid(f"resource.disks[{boot_at}].boot", "true", "The boot disk must be the first disk.")
+    attached, created, image, names = [], [], None, set()
+    for i, d in enumerate(disks):
+        where = f"resource.disks[{i}]"
+        init = d.get("initializeParams") or {}
+        if d.get("source") or not init and i:
+            raise exc.invalid(f"{where}.source", d.get("source") or "",
+                              "The referenced disk resource cannot be found (the local cloud creates disks "
+                              "only through initializeParams).")
+        source = init.get("sourceImage")
+        disk_image = None
+        if i == 0:
+            if not source:
+                raise exc.bad_request(f"Required field '{where}.initializeParams.sourceImage' not specified")
+        if source:
+            disk_image = resolve_image(source)
+            if disk_image is None:
+                raise exc.invalid(f"{where}.initializeParams.sourceImage", source,
+                                  "The referenced image resource cannot be found.")
+            if disk_image.deprecated == "DEPRECATED":
+                warnings.append({"code": "DEPRECATED_RESOURCE_USED",
+                                 "message": f"The resource 'projects/{disk_image.project}/global/images/{disk_image.name}' is deprecated. "
+                                            f"A suggested replacement is family '{disk_image.replacement_family}'."})
+        if i == 0:
+            image = disk_image
+        default_type = ("hyperdisk-balanced" if mt.name.startswith("a3-ultragpu")
+                        else "pd-balanced" if catalog.disk_type_refusal(mt, "pd-standard") else "pd-standard")
+        dtype = last(init.get("diskType") or default_type)
+        if dtype not in catalog.DISK_TYPES:
+            raise exc.invalid(f"{where}.initializeParams.diskType", init.get("diskType"),
+                              f"Disk type 'projects/{project}/zones/{zone}/diskTypes/{dtype}' does not exist "
+                              f"or is not available in zone {zone}.")
+        if catalog.disk_type_refusal(mt, dtype):
+            raise exc.invalid(f"{where}.initializeParams.diskType", init.get("diskType") or dtype,
+                              f"{dtype} disk type cannot be used by {mt.name} machine type.")
+        _, min_gb, default_gb = catalog.DISK_TYPES[dtype]
+        size = int(init.get("diskSizeGb") or (disk_image.disk_size_gb if disk_image else default_gb))
+        if disk_image and size < disk_image.disk_size_gb:
+            raise exc.invalid(f"{where}.initializeParams.diskSizeGb", size,
+                              f"Requested disk size cannot be smaller than the image size ({disk_image.disk_size_gb} GB).")
+        if size < min_gb:
+            raise exc.invalid(f"{where}.initializeParams.diskSizeGb", size,
+                              f"Disk size must be at least {min_gb} GB for disk type {dtype}.")
+        disk_name = init.get("diskName") or (name if i == 0 else f"{name}-{i}")
+        if not NAME_RE.fullmatch(disk_name):
+            raise exc.invalid(f"{where}.initializeParams.diskName", disk_name,
+                              "Must be a match of regex '[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?'")
+        if disk_name in names:
+            raise exc.invalid(f"{where}.initializeParams.diskName", disk_name, "Disk names must be unique.")
+        names.add(disk_name)
+        out = copy.deepcopy({k: v for k, v in d.items() if k not in ("initializeParams", "forceAttach")})
+        out.update({
+            "kind": "compute#attachedDisk", "type": d.get("type", "PERSISTENT"), "mode": d.get("mode", "READ_WRITE"),
+            "index": i, "source": f"{link}/disks/{disk_name}",
+            "deviceName": d.get("deviceName") or f"persistent-disk-{i}", "boot": i == 0,
+            "autoDelete": bool(d.get("autoDelete", i == 0)), "interface": d.get("interface", "SCSI"),
+            "diskSizeGb": str(size),
+        })
+        if disk_image:
+            out["architecture"] = "X86_64"
+            out["licenses"] = [f"{API}/projects/{disk_image.project}/global/licenses/{disk_image.family}"]
+        attached.append(out)
+        disk = {"kind": "compute#disk", "id": new_id(), "creationTimestamp": now_rfc3339(), "name": disk_name,
+                "sizeGb": str(size), "zone": link, "status": "READY", "selfLink": f"{link}/disks/{disk_name}",
+                "type": f"{link}/diskTypes/{dtype}", "users": [f"{link}/instances/{name}"],
+                "labels": dict(init.get("labels") or {}), "labelFingerprint": fingerprint(),
+                "physicalBlockSizeBytes": "4096"}
+        if init.get("description"):
+            disk["description"] = init["description"]
+        if disk_image:
+            disk.update(sourceImage=f"{API}/projects/{disk_image.project}/global/images/{disk_image.name}",
+                        sourceImageId=str(zlib.crc32(disk_image.name.encode()) * 7919 + 10**12), architecture="X86_64",
+                        licenses=list(out["licenses"]))
+        created.append(disk)
+    return attached, created, image
 
 
 def check_metadata(items: list) -> None:
