@@ -38,10 +38,10 @@ def test_command_output_exit_code_and_sandbox_env(make_vm, client_key):
                   'python3 -c "import sys, fabric; print(sys.executable)"')
         assert r.exited == 0, r.stderr
         lines = r.stdout.splitlines()
-        disk = str(vm.spec.disk_dir)
-        assert lines[0] == disk
-        assert lines[1] == f"{disk}|ferry|{vm.metadata_host}|http://127.0.0.1:9"
-        assert os.path.dirname(lines[2]) in (os.path.dirname(sys.executable), str(vm.spec.state_dir / "bin"))
+        home = "/home/ferry" if vm.isolation == "bubblewrap" else str(vm.spec.disk_dir)  # as on a GCE image
+        assert lines[0] == home
+        assert lines[1] == f"{home}|ferry|{vm.metadata_host}|http://127.0.0.1:9"
+        assert os.path.dirname(lines[2]) in (os.path.dirname(sys.executable), vm.sandbox.bin_dir())
         assert os.path.realpath(lines[3]) == os.path.realpath(sys.executable)
         # stdin is wired and EOF reaches the command
         assert c.run("tr a-z A-Z", in_stream=__import__("io").StringIO("hello\n")).stdout == "HELLO\n"
@@ -82,13 +82,17 @@ def test_sftp_put_get_land_in_disk_dir_and_are_chrooted(make_vm, client_key, tmp
         (vm.spec.disk_dir / "out.txt").write_text("result")
         c.get("out.txt", str(tmp_path / "got.txt"))
         assert (tmp_path / "got.txt").read_text() == "result"
-        # chrooted: '/' is the disk directory, nothing outside it is reachable
+        # SFTP sees what a shell sees: relative paths from the home, the same absolute paths
+        home = c.run("pwd").stdout.strip()
         with c.sftp() as sftp:
-            assert sftp.normalize(".") == "/"
-            assert "out.txt" in sftp.listdir("/")
-            with pytest.raises(IOError):
-                sftp.stat("/etc/hostname")
-            assert "out.txt" in sftp.listdir("/../..")
+            assert sftp.normalize(".") == home
+            assert "out.txt" in sftp.listdir(home)
+            c.run("echo from-shell > /tmp/shared.txt")
+            with sftp.open("/tmp/shared.txt") as f:
+                assert f.read() == b"from-shell\n"
+            if vm.isolation == "bubblewrap":  # outside its home and /tmp the VM is read-only
+                with pytest.raises(IOError):
+                    sftp.open("/etc/ferry-test-should-not-exist", "w")
 
 
 def test_detached_process_survives_drop_and_dies_with_stop(make_vm, client_key):
@@ -98,13 +102,19 @@ def test_detached_process_survives_drop_and_dies_with_stop(make_vm, client_key):
     detached = int(c.run("setsid nohup sleep 1000 >/dev/null 2>&1 & echo $!").stdout)
     # and a daemon that double-forks from Python (setsid, grandchild) with its own fork
     c.run("python3 -c 'import os,time\nif os.fork(): os._exit(0)\nos.setsid()\nif os.fork(): os._exit(0)\ntime.sleep(1000)' >/dev/null 2>&1")
-    # a foreground command of the connection that is dropped: gets SIGHUP like under sshd
+    # commands of the connection that is dropped: on a pty they get SIGHUP, without one they
+    # go on (like under sshd: they see EOF and a closed stdout)
     c.client.get_transport().open_session().exec_command("sleep 1001")
+    pty = c.client.get_transport().open_session()
+    pty.get_pty()
+    pty.exec_command("sleep 1002")
     assert wait_for(lambda: any(b"1001" in _cmdline(p) for p in vm.pids()))
+    assert wait_for(lambda: any(b"1002" in _cmdline(p) for p in vm.pids()))
     assert wait_for(lambda: any(b"import os" in _cmdline(p) for p in vm.pids()))
     foreground = set(vm.pids()) - {detached}
     vm.drop_connections()
-    assert wait_for(lambda: len(vm.pids()) == 2, timeout=5), vm.pids()
+    assert wait_for(lambda: not any(b"1002" in _cmdline(p) for p in vm.pids()), timeout=5), vm.pids()
+    assert any(b"sleep 1001" in _cmdline(p) for p in vm.pids())
     assert detached in vm.pids() and alive(detached)
     c.close()
     with connect(vm, client_key[0]) as c2:  # the server still listens after the drop
@@ -157,7 +167,7 @@ def test_startup_script_runs_detached_logged_and_tracked(make_vm):
     log = vm.spec.state_dir / "startup.log"
     assert wait_for(lambda: log.exists() and vm.metadata_host in log.read_text())
     assert "booted" in log.read_text()
-    assert wait_for(lambda: len(vm.pids()) == 2)  # sh + sleep
+    assert wait_for(lambda: any(b"sleep" in _cmdline(p) for p in vm.pids()))  # the shell's child, tracked
     vm.stop()
     assert vm.pids() == []
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from . import processes
 from .metadata import MetadataServer, MetadataState, StandaloneHost
-from .spec import VmError, VmSpec
+from .sandbox import Sandbox
+from .spec import VmError, VmSpec, parse_ssh_keys
 
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASH = shutil.which("bash") or "/bin/bash"
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a VM stops (a GCE guest gets a shutdown, not a kill)
 
 
@@ -101,7 +103,8 @@ class LocalVm:
         self._pgids: set[int] = set()
         self._children: list[subprocess.Popen] = []
         self._host_key = ""
-        self._python_dir = ""
+        users = [u for u, _, _ in parse_ssh_keys(spec.metadata.get("ssh-keys"))]
+        self.sandbox = Sandbox(spec.disk_dir, spec.state_dir, spec.name, login=users[0] if users else "ferry")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -138,9 +141,9 @@ class LocalVm:
         return d
 
     # ------------------------------------------------------------------ environment
-    def _python_path_dir(self) -> str:
-        """`.vm/bin` (python3 as this interpreter, and the image's commands that must act on the
-        VM: shutdown, poweroff, halt, reboot, sudo) ahead of this interpreter's own directory."""
+    def _install_shims(self) -> None:
+        """`.vm/bin`: python3 as this interpreter (where its own directory has none), and the
+        image's commands that must act on the VM: shutdown, poweroff, halt, reboot, sudo."""
         exe = sys.executable
         shim_dir = self.spec.state_dir / "bin"
         shim_dir.mkdir(exist_ok=True)
@@ -155,19 +158,24 @@ class LocalVm:
             if not shim.exists() or shim.read_text() != text:
                 shim.write_text(text)
                 shim.chmod(0o755)
-        return f"{shim_dir}:{os.path.dirname(exe)}"
+
+    @property
+    def isolation(self) -> str:
+        """How the VM's processes are kept apart from this machine: bubblewrap or none."""
+        return self.sandbox.kind if self.spec.ssh_mode == "asyncssh" else "none"
 
     def session_env(self, user: str | None = None, term: str | None = None) -> dict[str, str]:
         """The environment of every process on the VM (what sshd would give a login)."""
         user = user or os_user()
-        disk = str(self.spec.disk_dir)
+        home = self.sandbox.home(user) if self.spec.ssh_mode == "asyncssh" else str(self.spec.disk_dir)
+        bin_dir = self.sandbox.bin_dir() if self.spec.ssh_mode == "asyncssh" else str(self.spec.state_dir / "bin")
         env = {
-            "PATH": f"{self._python_dir or os.path.dirname(sys.executable)}:{SYSTEM_PATH}",
-            "HOME": disk,
-            "PWD": disk,
+            "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{SYSTEM_PATH}",
+            "HOME": home,
+            "PWD": home,
             "USER": user,
             "LOGNAME": user,
-            "SHELL": "/bin/sh",
+            "SHELL": BASH,
             "LANG": "C.UTF-8",
         }
         env.update(self.spec.env)
@@ -176,6 +184,10 @@ class LocalVm:
         if term:
             env["TERM"] = term
         return env
+
+    def wrap(self, argv: list[str], user: str | None, cwd: str | None = None) -> list[str]:
+        """ARGV as the VM runs it for USER (None: root): inside its sandbox when there is one."""
+        return self.sandbox.wrap(argv, user, cwd) if self.spec.ssh_mode == "asyncssh" else list(argv)
 
     def _keys(self) -> str:
         return self.spec.metadata.get("ssh-keys", "")
@@ -200,7 +212,7 @@ class LocalVm:
             self.spec.disk_dir.mkdir(parents=True, exist_ok=True)
             state_dir = self._state_dir()
             self._host_key = ensure_host_key(state_dir)
-            self._python_dir = self._python_path_dir()
+            self._install_shims()
             # leftovers of an earlier life of this disk (a service that crashed): gone first
             processes.kill_all(self.spec.marker, deadline=1.0)
             self._pgids = set()
@@ -220,6 +232,8 @@ class LocalVm:
                     self._sshd = EmbeddedSshd(
                         host_key_path=state_dir / HOST_KEY_NAME, disk_dir=self.spec.disk_dir,
                         keys=self._keys, env_for=self.session_env, on_spawn=self._on_spawn,
+                        wrap=self.wrap, sftp_mounts=self.sandbox.sftp_mounts,
+                        home_for=lambda user: self.session_env(user)["HOME"],
                     )
                 self._sshd.start()
             except BaseException:
@@ -255,16 +269,18 @@ class LocalVm:
         script = self.spec.metadata.get("startup-script")
         if not script:
             return
-        path = self.spec.state_dir / "startup-script"
+        path = self.spec.state_dir / "bin" / ".startup-script"  # where the VM can see it
         path.write_text(script)
         path.chmod(0o700)
+        vm_path = f"{self.sandbox.bin_dir()}/.startup-script" if self.isolation != "none" else str(path)
         log = open(self.startup_log, "ab")
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} startup-script: starting\n".encode())
         log.flush()
-        # Google's guest agent runs the script with its shebang honoured, else with bash.
-        argv = [str(path)] if script.startswith("#!") else [shutil.which("bash") or "/bin/sh", str(path)]
+        # Google's guest agent runs the script as root, with its shebang honoured, else with bash.
+        argv = self.wrap([vm_path] if script.startswith("#!") else [BASH, vm_path], None, "/")
+        env = self.session_env("root")
         proc = subprocess.Popen(
-            argv, cwd=self.spec.disk_dir, env=self.session_env(),
+            argv, cwd=self.spec.disk_dir, env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
