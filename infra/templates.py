@@ -17,7 +17,11 @@ from infra.errors import UsageError, unknown
 DIR = Path(__file__).with_name("templates")
 DEFAULT = "default"
 MAX_HOURS_LIMIT = 120 * 24  # maxRunDuration: 30 s to 120 days
-DISK_TYPES = ("pd-balanced", "pd-ssd", "pd-standard")
+DISK_TYPES = ("pd-balanced", "pd-ssd", "pd-standard", "hyperdisk-balanced")
+# Machine series whose boot disk must be Hyperdisk (Persistent Disk is refused): there a
+# template's pd-balanced means hyperdisk-balanced. And series that refuse pd-standard.
+HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "n4-")
+NO_PD_STANDARD = ("g2-", "a3-")
 LABEL_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -170,6 +174,18 @@ def _resolve(path: Path, name: str, data: dict, *, gpu, spot, max_hours) -> Spec
     boot_disk_type = typed("boot_disk_type", str, "pd-balanced")
     if boot_disk_type not in DISK_TYPES:
         raise _bad(path, "boot_disk_type", boot_disk_type)
+    if machine_type.startswith(HYPERDISK_ONLY):
+        if boot_disk_type == "pd-balanced":
+            boot_disk_type = "hyperdisk-balanced"  # the same balanced disk, in the only kind these take
+        elif boot_disk_type != "hyperdisk-balanced":
+            raise UsageError(f"template {path}: boot_disk_type {boot_disk_type!r} cannot boot {machine_type}",
+                             hint="allowed: hyperdisk-balanced (or pd-balanced, which ferry maps to it)")
+    elif boot_disk_type == "hyperdisk-balanced" and not machine_type.startswith(("a3-", "c3-", "n2-", "h3-")):
+        raise UsageError(f"template {path}: boot_disk_type 'hyperdisk-balanced' cannot boot {machine_type}",
+                         hint="allowed: pd-balanced, pd-ssd" + ("" if machine_type.startswith(NO_PD_STANDARD) else ", pd-standard"))
+    if boot_disk_type == "pd-standard" and machine_type.startswith(NO_PD_STANDARD):
+        raise UsageError(f"template {path}: boot_disk_type 'pd-standard' cannot boot {machine_type}",
+                         hint="allowed: pd-balanced, pd-ssd")
     spot_value = typed("spot", bool, False) if spot is None else bool(spot)
     hours = typed("max_hours", (int, float), 4) if max_hours is None else max_hours
     if not isinstance(hours, (int, float)) or isinstance(hours, bool) or not (30 / 3600 <= hours <= MAX_HOURS_LIMIT):

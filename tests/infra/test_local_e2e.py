@@ -231,3 +231,15 @@ def test_api_errors_escaping_a_command_are_one_line_exit_3(cloud, capsys):
     rc, out, err = run(capsys, "status")
     assert rc == 3 and "Traceback" not in err
     assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+
+
+def test_h200_boots_from_hyperdisk_as_gce_requires(cloud):
+    """A3 Ultra takes only Hyperdisk: the strict local Compute Engine refuses pd-balanced, as GCE
+    does, and ferry maps the template's pd-balanced to hyperdisk-balanced there."""
+    from google.cloud import compute_v1
+
+    vm = provision.up(resolve().with_zone("us-central1-b"), gpu="h200", name="h200-1", max_hours=1)
+    inst = compute_v1.InstancesClient(**cloud.compute_options()).get(project="ferry-local", zone=vm.zone, instance=vm.name)
+    assert inst.machine_type.endswith("/a3-ultragpu-8g")
+    disks = compute_v1.DisksClient(**cloud.compute_options()).get(project="ferry-local", zone=vm.zone, disk=vm.name)
+    assert disks.type_.endswith("/hyperdisk-balanced")
