@@ -219,6 +219,15 @@ def local_status(ctx):
     command(json_output=ctx.json)
 
 
+@local.command(name="env")
+@pass_ctx
+def local_env(ctx):
+    """Exports for third-party tools: eval "$(python cli.py local env)" (token, endpoints)."""
+    from infra.local.commands import env as command
+
+    command(json_output=ctx.json)
+
+
 @local.command(name="reset")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx

@@ -85,11 +85,14 @@ def compute_api():
 
 
 def credentials(settings: Settings):
-    """Anonymous on local; Application Default Credentials on gcp (one line if missing)."""
+    """The local cloud's access token on local (a bearer token, as any OAuth access token);
+    Application Default Credentials on gcp (one line if missing)."""
     if settings.is_local:
-        from google.auth.credentials import AnonymousCredentials
+        from google.oauth2.credentials import Credentials
 
-        return AnonymousCredentials()
+        from infra.local.service import ensure_running
+
+        return Credentials(token=ensure_running(settings.home).token)
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 

@@ -172,7 +172,11 @@ class Uploader:
         if self._bucket is None:
             from google.cloud import storage
 
-            client = storage.Client(project=self._project or None)
+            import google.auth.compute_engine
+
+            # the VM's service account, from its metadata server (what ADC finds on GCE; said
+            # explicitly so that an emulator endpoint gets the token too)
+            client = storage.Client(project=self._project or None, credentials=google.auth.compute_engine.Credentials())
             self._bucket = client.bucket(self._bucket_name)
         return self._bucket
 

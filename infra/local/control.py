@@ -16,24 +16,29 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 from urllib.parse import quote, urlencode, urlparse
 
 from infra.errors import CloudError, UsageError
 
 
 class Control:
-    def __init__(self, endpoints, project: str = "ferry-local", timeout: float = 30.0):
+    def __init__(self, endpoints, project: str = "ferry-local", timeout: float = 30.0, token: str | None = None):
         url = endpoints if isinstance(endpoints, str) else endpoints.control
         u = urlparse(url)
         self.host, self.port, self.base = u.hostname, u.port, u.path.rstrip("/")
         self.project, self.timeout = project, timeout
+        self.token = token or getattr(endpoints, "token", None) or os.environ.get("FERRY_LOCAL_TOKEN")
 
     def _call(self, method: str, path: str, body: dict | None = None, query: dict | None = None):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         url = self.base + path + (f"?{urlencode(query)}" if query else "")
         try:
             payload = json.dumps(body).encode() if body is not None else None
-            conn.request(method, url, body=payload, headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            conn.request(method, url, body=payload, headers=headers)
             resp = conn.getresponse()
             data = json.loads(resp.read() or b"null")
         except OSError as e:

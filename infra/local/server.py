@@ -57,17 +57,22 @@ class ComputeHandler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw.strip() else None
         except ValueError:
             return self._send(400, exc.bad_request("Invalid JSON payload received.").body())
+        token = _bearer(self.headers.get("Authorization"))
         if parsed.path.startswith("/_ferry/"):
+            if parsed.path != "/_ferry/health" and not srv.is_user(token):
+                return self._send(401, exc.unauthenticated().body())
             status, payload = srv.control.handle(method, parsed.path, query, body)
             return self._send(status, payload)
         srv.request_log.add("compute", method, parsed.path, parsed.query)
+        if not srv.is_user(token) and srv.compute.token_scopes(token) is None:
+            return self._send(401, exc.unauthenticated().body())
         delay = srv.compute.faults.call_delay("compute", method, parsed.path)
         if delay:
             time.sleep(delay)
         injected = srv.compute.faults.http_error("compute", method, parsed.path)
         if injected:
             return self._send(injected, exc.injected(injected).body())
-        scopes = srv.compute.token_scopes(_bearer(self.headers.get("Authorization")))
+        scopes = srv.compute.token_scopes(token)
         if scopes is not None and not any(s in COMPUTE_SCOPES for s in scopes):
             return self._send(403, exc.insufficient_scopes().body())
         handler, params = route(method, parsed.path)
@@ -107,8 +112,9 @@ class ComputeServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, compute: Compute, request_log: RequestLog, info: dict, port: int = 0):
+    def __init__(self, compute: Compute, request_log: RequestLog, info: dict, port: int = 0, token: str | None = None):
         self.compute = compute
+        self.token = token
         self.responses = ComputeResponses(compute)
         self.request_log = request_log
         self.control = ControlApi(compute, request_log, info)
@@ -117,6 +123,16 @@ class ComputeServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def is_user(self, token: str | None) -> bool:
+        """The caller holds the service's own token (the user who started it); no token set: all."""
+        import hmac
+
+        return self.token is None or (token is not None and hmac.compare_digest(token, self.token))
+
+    def authorize(self, token: str | None) -> bool:
+        """Any caller the cloud knows: the user, or a VM with its service account's token."""
+        return self.is_user(token) or self.compute.token_scopes(token) is not None
 
 
 def vm_factory(spec: dict, host=None):
@@ -169,14 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     (root / "service.pid").write_text(str(os.getpid()))
 
     request_log = RequestLog()
+    from infra.local.service import ensure_token
     from infra.local.storage import StorageServer
+
+    token = ensure_token(root)
 
     compute = Compute(root / "compute", vm_factory=None if args.vm_runtime == "none" else vm_factory,
                       ssh_mode="asyncssh" if args.vm_runtime == "none" else args.vm_runtime)
     storage = StorageServer(root / "storage", request_log=request_log, faults=compute.faults)
     compute.vm_env["STORAGE_EMULATOR_HOST"] = storage.url
     info = {"pid": os.getpid(), "version": VERSION, "started_at": started, "home": str(root.parent)}
-    compute_server = ComputeServer(compute, request_log, info)
+    compute_server = ComputeServer(compute, request_log, info, token=token)
+    storage.authorize = lambda header: compute_server.authorize(_bearer(header))
     storage.serve_in_background()
     threading.Thread(target=compute_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="compute").start()
     if args.vm_runtime != "none":

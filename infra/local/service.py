@@ -1,8 +1,9 @@
 """The local service's lifecycle: one background process per ferry home.
 
-State under `<home>/local/`: `service.json` (pid, endpoints, started_at, version; written by the
-service once it answers), `service.log`, `service.lock`, `storage/` (buckets), `compute/`
-(instance records, VM disk directories).
+State under `<home>/local/` (mode 0700): `service.json` (pid, endpoints, started_at, version;
+written by the service once it answers), `token` (0600: the access token every Compute Engine,
+Cloud Storage and control call must carry — only the user who started the service has it),
+`service.log`, `service.lock`, `storage/` (buckets), `compute/` (instance records, VM disks).
 
 `ensure_running()` takes a file lock, trusts service.json only if its pid is alive AND its
 health endpoint answers with that pid, otherwise clears leftovers and starts a new service.
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,14 +39,17 @@ class Endpoints:
     pid: int | None = None
     home: str | None = None
     project: str = "ferry-local"
+    token: str | None = field(default=None, repr=False)  # the bearer token every call carries
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("token", None)
+        return out
 
     @classmethod
-    def from_info(cls, info: dict) -> "Endpoints":
+    def from_info(cls, info: dict, token: str | None = None) -> "Endpoints":
         return cls(compute=info["compute"], storage=info["storage"], control=info["control"],
-                   pid=info.get("pid"), home=info.get("home"))
+                   pid=info.get("pid"), home=info.get("home"), token=token)
 
 
 def _root(home: Path | None) -> Path:
@@ -136,6 +140,35 @@ def _end_process(pid: int | None, timeout: float = STOP_TIMEOUT_S) -> None:
         time.sleep(0.02)
 
 
+def read_token(root: Path) -> str | None:
+    try:
+        return (root / "token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_token(root: Path) -> str:
+    """The service's access token (created once, 0600, in a 0700 folder)."""
+    import secrets
+
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    token = read_token(root)
+    if token:
+        return token
+    token = "ya29.local-" + secrets.token_urlsafe(32)
+    tmp = root / f".token.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, root / "token")
+    return token
+
+
+def _endpoints(root: Path, info: dict) -> "Endpoints":
+    return Endpoints.from_info(info, read_token(root))
+
+
 def _lock(root: Path):
     from filelock import FileLock
 
@@ -144,6 +177,7 @@ def _lock(root: Path):
 
 
 def _start(root: Path, vm_runtime: str) -> dict:
+    ensure_token(root)
     log_path = root / "service.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -181,11 +215,11 @@ def ensure_running(home: Path | None = None, vm_runtime: str | None = None) -> E
     vm_runtime = vm_runtime or os.environ.get("FERRY_LOCAL_VM_RUNTIME") or "asyncssh"
     info = _live_info(root)  # fast path, no lock
     if info:
-        return Endpoints.from_info(info)
+        return _endpoints(root, info)
     with _lock(root):
         info = _live_info(root)
         if info:
-            return Endpoints.from_info(info)
+            return _endpoints(root, info)
         stale = _read_info(root)
         if stale:
             _end_process(stale.get("pid"), timeout=2.0)
@@ -196,7 +230,7 @@ def ensure_running(home: Path | None = None, vm_runtime: str | None = None) -> E
                              f"{root / 'service.json'} is unreadable",
                              hint="`python cli.py local stop` ends it and its VMs; the next command starts a fresh one")
         _kill_vm_leftovers(root)
-        return Endpoints.from_info(_start(root, vm_runtime))
+        return _endpoints(root, _start(root, vm_runtime))
 
 
 def _holder(root: Path) -> int | None:
@@ -221,8 +255,9 @@ def _holder(root: Path) -> int | None:
 
 
 def running(home: Path | None = None) -> Endpoints | None:
-    info = _live_info(_root(home))
-    return Endpoints.from_info(info) if info else None
+    root = _root(home)
+    info = _live_info(root)
+    return _endpoints(root, info) if info else None
 
 
 def stop(home: Path | None = None) -> dict:
@@ -258,4 +293,5 @@ def status(home: Path | None = None) -> dict:
         return {"running": False, "home": str(root.parent)}
     return {"running": True, "compute": info["compute"], "storage": info["storage"], "control": info["control"],
             "pid": info["pid"], "home": str(root.parent), "started_at": info.get("started_at"),
-            "vm_runtime": info.get("vm_runtime"), "version": info.get("version")}
+            "vm_runtime": info.get("vm_runtime"), "version": info.get("version"),
+            "token_file": str(root / "token")}

@@ -28,17 +28,20 @@ class LocalCloud:
     control: Control
     project: str = "ferry-local"
 
+    def credentials(self):
+        """The service's access token as credentials any Google client accepts."""
+        from google.oauth2.credentials import Credentials
+
+        return Credentials(token=self.endpoints.token)
+
     def compute_options(self) -> dict:
         """kwargs for any compute_v1.*Client(...)."""
-        from google.auth.credentials import AnonymousCredentials
-
-        return {"credentials": AnonymousCredentials(), "client_options": {"api_endpoint": self.endpoints.compute}}
+        return {"credentials": self.credentials(), "client_options": {"api_endpoint": self.endpoints.compute}}
 
     def storage_client(self):
-        from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        return storage.Client(project=self.project, credentials=AnonymousCredentials(),
+        return storage.Client(project=self.project, credentials=self.credentials(),
                               client_options={"api_endpoint": self.endpoints.storage})
 
 

@@ -70,6 +70,12 @@ def resource_not_ready(resource: str, status: str) -> GceError:
     return GceError(400, f"The resource '{resource}' is not ready (status {status})", "resourceNotReady")
 
 
+def unauthenticated() -> GceError:
+    """A call without the local cloud's access token (or a VM's): GCE's 401."""
+    return GceError(401, "Request is missing required authentication credential. Expected OAuth 2 access token, "
+                         "login cookie or other valid authentication credential.", "required")
+
+
 def insufficient_scopes() -> GceError:
     """A token whose scopes do not include Compute Engine's (a VM whose service account was
     given only, say, devstorage.read_write)."""

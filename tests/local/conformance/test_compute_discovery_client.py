@@ -26,7 +26,11 @@ def cloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gce(cloud):
-    return build_from_document(schema.document(), http=httplib2.Http(timeout=30),
+    from google_auth_httplib2 import AuthorizedHttp
+
+    # the local cloud's access token, given as any OAuth access token is
+    http = AuthorizedHttp(cloud.credentials(), http=httplib2.Http(timeout=30))
+    return build_from_document(schema.document(), http=http,
                                client_options={"api_endpoint": cloud.endpoints.compute + "/compute/v1/"})
 
 
@@ -277,3 +281,14 @@ def test_default_service_account_is_resolved(gce):
         assert got == gce.projects().get(project=P).execute()["defaultServiceAccount"]
     finally:
         wait(gce, gce.instances().delete(project=P, zone=Z, instance="sa-1").execute())
+
+
+def test_a_caller_without_the_access_token_is_refused(cloud):
+    """Only the user who started the local cloud reaches it: no token, a wrong one: 401."""
+    from googleapiclient.errors import HttpError
+
+    anonymous = build_from_document(schema.document(), http=httplib2.Http(timeout=30),
+                                    client_options={"api_endpoint": cloud.endpoints.compute + "/compute/v1/"})
+    with pytest.raises(HttpError) as exc:
+        anonymous.instances().list(project=P, zone=Z).execute()
+    assert exc.value.resp.status == 401

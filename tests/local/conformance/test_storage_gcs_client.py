@@ -119,23 +119,23 @@ def test_not_found_messages(gcs, bucket):
     assert "The specified bucket does not exist." in str(e.value)
 
 
-def test_gzip_decompressive_transcoding(storage_url, bucket):
+def test_gzip_decompressive_transcoding(storage_url, bucket, auth):
     plain = b"hello transcoding " * 100
     blob = bucket.blob("gz/text.txt")
     blob.content_encoding = "gzip"
     blob.upload_from_string(gzip.compress(plain), content_type="text/plain")
     assert blob.download_as_bytes() == plain
     url = f"{storage_url}/download/storage/v1/b/{bucket.name}/o/gz%2Ftext.txt?alt=media"
-    r = requests.get(url, headers={"Accept-Encoding": "identity"})
+    r = requests.get(url, headers={"Accept-Encoding": "identity", **auth})
     assert r.status_code == 200 and r.content == plain and "gzip" not in r.headers.get("Content-Encoding", "")
-    r = requests.get(url, headers={"Accept-Encoding": "gzip"}, stream=True)
+    r = requests.get(url, headers={"Accept-Encoding": "gzip", **auth}, stream=True)
     assert r.headers.get("Content-Encoding") == "gzip"
     assert gzip.decompress(r.raw.read()) == plain  # served as stored
 
 
-def test_delete_answers_204(storage_url, bucket):
+def test_delete_answers_204(storage_url, bucket, auth):
     bucket.blob("del/x").upload_from_string(b"x")
-    r = requests.delete(f"{storage_url}/storage/v1/b/{bucket.name}/o/del%2Fx")
+    r = requests.delete(f"{storage_url}/storage/v1/b/{bucket.name}/o/del%2Fx", headers=auth)
     assert r.status_code == 204 and r.content == b""
     with pytest.raises(gexc.NotFound):
         bucket.blob("del/x").delete()
@@ -193,3 +193,15 @@ def test_resumable_upload(bucket):
     blob.upload_from_string(data)
     assert bucket.get_blob("resumable/obj").size == len(data)
     assert blob.download_as_bytes() == data
+
+
+def test_a_caller_without_the_access_token_is_refused(storage_url, bucket, auth):
+    """Only the user who started the local cloud reaches it (GCS answers 401 to anonymous
+    callers of a private bucket)."""
+    if not auth:
+        pytest.skip("the server under test has no access token")
+    r = requests.get(f"{storage_url}/storage/v1/b/{bucket.name}/o")
+    assert r.status_code == 401 and r.json()["error"]["code"] == 401
+    r = requests.get(f"{storage_url}/storage/v1/b/{bucket.name}/o", headers={"Authorization": "Bearer ya29.guess"})
+    assert r.status_code == 401
+    assert requests.get(f"{storage_url}/storage/v1/b/{bucket.name}/o", headers=auth).status_code == 200

@@ -20,8 +20,8 @@ def bucket_name(gcs):
 
 
 @pytest.fixture(params=[GCSFileSystem], ids=["hns-false"])
-def fs(request, storage_url):
-    return request.param(endpoint_url=storage_url, token="anon", skip_instance_cache=True)
+def fs(request, storage_url, credentials):
+    return request.param(endpoint_url=storage_url, token=credentials, skip_instance_cache=True)
 
 
 class _Timed:
@@ -77,10 +77,10 @@ def test_ls_find_rm(fs, bucket_name):
     "before every call (an UNKNOWN answer is not cached); the local API is plain HTTP/1.1, so the "
     "TLS handshake fails, UNAVAILABLE is retried for retry_timeout (60 s), then gcsfs falls back to "
     "the JSON API. No JSON API field can answer it: set GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false."))
-def test_default_hns_bucket_type_lookup_is_answered(storage_url, bucket_name):
+def test_default_hns_bucket_type_lookup_is_answered(storage_url, bucket_name, credentials):
     from gcsfs.extended_gcsfs import BucketType
 
-    fs = ExtendedGcsFileSystem(endpoint_url=storage_url, token="anon", skip_instance_cache=True,
+    fs = ExtendedGcsFileSystem(endpoint_url=storage_url, token=credentials, skip_instance_cache=True,
                                retry_timeout=1.5)  # bounded here; 60 s by default
     # UNKNOWN = the lookup failed; gcsfs then repeats it before every call (it is not cached)
     assert fs._sync_lookup_bucket_type(bucket_name) == BucketType.NON_HIERARCHICAL
