@@ -493,6 +493,7 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
     running_since = None
     host_key = port = login_user = None
     ssh_ok = False
+    refused_since = None
     said = ""
     last = ""
     while True:
@@ -516,6 +517,13 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
                     ssh_ok = True
                 except ssh.SshNotReady as exc:
                     last = str(exc)
+                    if last.startswith("key not accepted"):
+                        refused_since = refused_since or time.monotonic()
+                        if time.monotonic() - refused_since > pacing.auth_grace_s:
+                            raise CloudError(f"{name} in {zone} answers SSH but does not accept ferry's key "
+                                             f"(for {pacing.auth_grace_s:.0f} s)", hint=_oslogin_hint(compute)) from None
+                    else:
+                        refused_since = None
             if ssh_ok and (not settle or time.monotonic() - running_since >= pacing.settle_s):
                 return vm
         elapsed = time.monotonic() - start
@@ -531,6 +539,21 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
             say(message)
             said = message
         time.sleep(pacing.ssh_poll_s)
+
+
+def _oslogin_hint(compute) -> str:
+    """Why a VM refuses the key ferry put in its ssh-keys metadata: OS Login, most often."""
+    enforced = False
+    try:
+        project = compute.projects.get(project=compute.project)
+        items = {i.key: i.value for i in project.common_instance_metadata.items}
+        enforced = str(items.get("enable-oslogin", "")).upper() == "TRUE"
+    except Exception:
+        pass
+    where = "the project's metadata sets enable-oslogin=TRUE" if enforced else "OS Login may be enforced"
+    return (f"{where} (or the organization policy constraints/compute.requireOsLogin), so the VM ignores the "
+            "ssh-keys metadata ferry sets; ask for the policy to be lifted for this project, or use a project "
+            "without it; the VM was deleted")
 
 
 # --------------------------------------------------------------------------- read

@@ -51,13 +51,27 @@ def host_key_from_guest(compute, zone: str, name: str) -> str | None:
 
     try:
         attrs = _guest(compute, zone, name, query_path="hostkeys/")
-    except (gexc.NotFound, gexc.BadRequest):
+    except (gexc.NotFound, gexc.BadRequest, gexc.Forbidden) as exc:
+        _refused_by_policy(exc)
         return None
     found = {item.key: item.value for item in attrs.query_value.items if item.namespace == "hostkeys"}
     for key_type in HOST_KEY_TYPES:
         if found.get(key_type):
             return parse_host_key(key_type, found[key_type])
     return None
+
+
+def _refused_by_policy(exc) -> None:
+    """Guest attributes turned off by the organization (constraints/compute.disableGuestAttributesAccess):
+    no host key will ever come, so say so now instead of waiting minutes."""
+    from infra.errors import CloudError
+
+    text = str(getattr(exc, "message", "") or exc)
+    if "disableGuestAttributesAccess" in text or ("guest attributes" in text.lower() and "disabled" in text.lower()):
+        raise CloudError("the VM cannot publish its SSH host key: guest attributes are disabled "
+                         "(organization policy constraints/compute.disableGuestAttributesAccess)",
+                         hint="ferry pins each VM's host key from its guest attributes and will not connect "
+                              "unverified; ask for the policy to be lifted for this project; the VM was deleted")
 
 
 def login_from_guest(compute, zone: str, name: str) -> tuple[int, str | None]:

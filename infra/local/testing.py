@@ -57,6 +57,37 @@ def local_cloud(home: Path, vm_runtime: str | None = None):
         service.stop(home)
 
 
+GCP_SETTINGS = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "CLOUDSDK_COMPUTE_ZONE", "FERRY_ZONE",
+                "FERRY_BUCKET", "FERRY_BACKEND")
+
+
+@contextlib.contextmanager
+def ferry_local_cloud(home: Path, vm_runtime: str | None = None):
+    """A local cloud that ferry's own code in this process talks to: FERRY_HOME=home, no GCP
+    project, zone, bucket or backend from the environment or gcloud; restored after."""
+    import os
+
+    from infra import clients
+
+    home = Path(home)
+    saved = {k: os.environ.get(k) for k in (*GCP_SETTINGS, "FERRY_HOME", "CLOUDSDK_CONFIG")}
+    os.environ["FERRY_HOME"] = str(home)
+    os.environ["CLOUDSDK_CONFIG"] = str(home / "no-gcloud")
+    for var in GCP_SETTINGS:
+        os.environ.pop(var, None)
+    clients.reset_cache()
+    try:
+        with local_cloud(home, vm_runtime=vm_runtime) as cloud:
+            yield cloud
+    finally:
+        clients.reset_cache()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def wait_operation(cloud_or_options, op, timeout: float = 30.0, poll_s: float = 0.02):
     """Poll a zone (or global) operation with a client on the same endpoint until DONE.
 

@@ -18,7 +18,7 @@ import pytest
 import cli
 from infra import clients, provision, ssh
 from infra.errors import CloudError
-from infra.local.testing import local_cloud
+from infra.local.testing import ferry_local_cloud
 from infra.settings import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,17 +27,8 @@ MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    home = tmp_path_factory.mktemp("ferry-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERRY_HOME", str(home))
-        mp.setenv("CLOUDSDK_CONFIG", str(home / "no-gcloud"))
-        for var in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "CLOUDSDK_COMPUTE_ZONE", "FERRY_ZONE",
-                    "FERRY_BUCKET", "FERRY_BACKEND"):
-            mp.delenv(var, raising=False)
-        clients.reset_cache()
-        with local_cloud(home) as c:
-            yield c
-        clients.reset_cache()
+    with ferry_local_cloud(tmp_path_factory.mktemp("ferry-home")) as c:
+        yield c
 
 
 @pytest.fixture(autouse=True)

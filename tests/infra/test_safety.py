@@ -17,7 +17,7 @@ import pytest
 
 import cli
 from infra import clients, interrupts, provision
-from infra.local.testing import instance_resource, local_cloud, wait_operation
+from infra.local.testing import ferry_local_cloud, instance_resource, wait_operation
 from infra.settings import owner, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,17 +26,8 @@ ZONE = "us-central1-a"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    home = tmp_path_factory.mktemp("ferry-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERRY_HOME", str(home))
-        mp.setenv("CLOUDSDK_CONFIG", str(home / "no-gcloud"))
-        for var in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "CLOUDSDK_COMPUTE_ZONE", "FERRY_ZONE",
-                    "FERRY_BUCKET", "FERRY_BACKEND"):
-            mp.delenv(var, raising=False)
-        clients.reset_cache()
-        with local_cloud(home, vm_runtime="asyncssh") as c:
-            yield c
-        clients.reset_cache()
+    with ferry_local_cloud(tmp_path_factory.mktemp("ferry-home"), vm_runtime="asyncssh") as c:
+        yield c
 
 
 def _instances_client(cloud):
