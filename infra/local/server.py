@@ -28,6 +28,12 @@ from infra.local.control_api import ControlApi, RequestLog
 log = logging.getLogger("ferry.local")
 
 
+STORAGE_READ_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
+STORAGE_WRITE_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",
+                        "https://www.googleapis.com/auth/devstorage.full_control",
+                        "https://www.googleapis.com/auth/cloud-platform")
+
+
 def _bearer(header: str | None) -> str | None:
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
@@ -130,9 +136,21 @@ class ComputeServer(ThreadingHTTPServer):
 
         return self.token is None or (token is not None and hmac.compare_digest(token, self.token))
 
-    def authorize(self, token: str | None) -> bool:
-        """Any caller the cloud knows: the user, or a VM with its service account's token."""
-        return self.is_user(token) or self.compute.token_scopes(token) is not None
+    def authorize_storage(self, token: str | None, method: str):
+        """None when the caller may make this Cloud Storage call, else (status, reason, message):
+        the user always; a VM with its service account's token when its scopes allow it (reads:
+        any devstorage scope; writes: read_write, full_control or cloud-platform)."""
+        if self.is_user(token):
+            return None
+        scopes = self.compute.token_scopes(token)
+        if scopes is None:
+            return 401, "required", ("Anonymous caller does not have storage access: the local cloud's access "
+                                     "token is required (FERRY_LOCAL_TOKEN).")
+        write = method not in ("GET", "HEAD")
+        allowed = STORAGE_WRITE_SCOPES if write else STORAGE_WRITE_SCOPES + STORAGE_READ_SCOPES
+        if not any(sc in allowed for sc in scopes):
+            return 403, "insufficientPermissions", "Request had insufficient authentication scopes."
+        return None
 
 
 def vm_factory(spec: dict, host=None):
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     compute.vm_env["STORAGE_EMULATOR_HOST"] = storage.url
     info = {"pid": os.getpid(), "version": VERSION, "started_at": started, "home": str(root.parent)}
     compute_server = ComputeServer(compute, request_log, info, token=token)
-    storage.authorize = lambda header: compute_server.authorize(_bearer(header))
+    storage.authorize = lambda header, method: compute_server.authorize_storage(_bearer(header), method)
     storage.serve_in_background()
     threading.Thread(target=compute_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="compute").start()
     if args.vm_runtime != "none":

@@ -129,3 +129,29 @@ def test_the_local_cloud_dying_mid_run_is_said_within_30_s(cloud):
     errors = [l for l in err.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "unreachable" in errors[0] and f"logs {run_id} --follow" in errors[0], err
     assert "Traceback" not in err and "RetryError" not in err
+
+
+def test_a_vm_that_cannot_write_the_bucket_fails_the_run_in_seconds_saying_why(cloud):
+    """The VM's service account may read Cloud Storage only (devstorage.read_only): the runner
+    finds out before the job starts and the run ends at once with the reason, not after 30 min."""
+    from google.cloud import compute_v1
+
+    from infra import keys, render, templates
+    from infra.local.testing import wait_operation
+    from infra.settings import owner
+
+    spec = templates.load("cpu")
+    _, pub = keys.ensure_key(cloud.home)
+    body = render.body(spec, name="ferry-readonly", zone=ZONE, owner=owner(), ssh_keys=keys.ssh_keys_metadata(pub))
+    body["serviceAccounts"][0]["scopes"] = ["https://www.googleapis.com/auth/devstorage.read_only"]
+    client = compute_v1.InstancesClient(**cloud.compute_options())
+    wait_operation(cloud, client.insert(project="ferry-local", zone=ZONE, instance_resource=render.instance(body)))
+    t0 = time.monotonic()
+    r = cli(cloud, "run", SELFTEST, "--vm", "ferry-readonly", timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert time.monotonic() - t0 < 30
+    assert "cannot write to gs://ferry-local/runs/" in r.stderr and "insufficient" in r.stderr, r.stderr
+    run_id = run_ids(cloud.bucket)[0]
+    status = jget(cloud.bucket, f"runs/{run_id}/status.json")
+    assert status["state"] == "failed" and status["started"] is None  # the job never ran
+    assert "ferry-readonly" in vms()  # not ferry's run VM: left as it was

@@ -38,7 +38,7 @@ class StorageServer(ThreadingHTTPServer):
         self.uploads: dict[str, dict] = {}  # resumable and XML multipart uploads in progress
         self.request_log = request_log
         self.faults = faults
-        self.authorize = None  # (Authorization header) -> bool: set by the service; None lets all in
+        self.authorize = None  # (Authorization header, method) -> None | (status, reason, message); None: all in
         super().__init__((host, port), Handler)
 
     @property

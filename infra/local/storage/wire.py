@@ -75,10 +75,10 @@ class Handler(BaseHTTPRequestHandler):
             srv.request_log.add("storage", method, parsed.path, parsed.query)
         self._body = None
         try:
-            if srv.authorize is not None and not srv.authorize(self.headers.get("Authorization")):
+            refused = srv.authorize(self.headers.get("Authorization"), method) if srv.authorize is not None else None
+            if refused is not None:
                 self.body()
-                raise StorageError(401, "required", "Anonymous caller does not have storage access: "
-                                                    "the local cloud's access token is required (FERRY_LOCAL_TOKEN).")
+                raise StorageError(*refused)
             if srv.faults:
                 delay = srv.faults.call_delay("storage", method, parsed.path)
                 if delay:
