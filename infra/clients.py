@@ -34,14 +34,15 @@ class Pacing:
     wait_call_s: float       # client timeout of one zoneOperations.wait call (GCE holds it ~2 min)
     guest_poll_s: float      # between a VM's reads of its own guest attributes (GCE: <= 10 a minute)
     auth_grace_s: float      # SSH answers but refuses ferry's key this long: OS Login is in the way
+    idle_timeout_s: float    # a run's VM that no runner claimed this long after boot powers off
 
 
 GCP_PACING = Pacing(poll_s=2.0, op_timeout_s=300.0, settle_s=15.0, ssh_timeout_s=300.0, ssh_poll_s=3.0,
                     insert_timeout_s=900.0, delete_timeout_s=600.0, wait_call_s=150.0, guest_poll_s=6.0,
-                    auth_grace_s=120.0)
+                    auth_grace_s=120.0, idle_timeout_s=900.0)
 LOCAL_PACING = Pacing(poll_s=0.03, op_timeout_s=60.0, settle_s=0.5, ssh_timeout_s=30.0, ssh_poll_s=0.1,
                       insert_timeout_s=60.0, delete_timeout_s=60.0, wait_call_s=5.0, guest_poll_s=0.1,
-                      auth_grace_s=5.0)
+                      auth_grace_s=5.0, idle_timeout_s=20.0)
 
 
 _COMPUTE_V1 = "google.cloud.compute_v1"

@@ -132,12 +132,21 @@ def _dry_run(settings, job, values, argv, vm_name, keep, run_id) -> None:
     click.echo("dry run: nothing was created, changed or deleted")
 
 
+def _run_metadata(settings, keep) -> dict | None:
+    """A run's VM says where its record lives, and powers off if no runner claims it in time."""
+    from infra import clients, provision
+
+    if keep:
+        return None
+    pacing = clients.LOCAL_PACING if settings.is_local else clients.GCP_PACING
+    return {provision.RUN_BUCKET_KEY: settings.bucket, "ferry-idle-timeout": f"{pacing.idle_timeout_s:g}"}
+
+
 def _plan(settings, job, run_id, keep):
     from infra import provision
 
     return provision.plan(settings, template=job.template, name=_vm_name(run_id),
-                          labels=None if keep else {"ferry-run": run_id},
-                          metadata=None if keep else {provision.RUN_BUCKET_KEY: settings.bucket})
+                          labels=None if keep else {"ferry-run": run_id}, metadata=_run_metadata(settings, keep))
 
 
 class Session:
@@ -502,8 +511,7 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
             # `cleanup` leaves it and later runs use it. A run's VM says where its record lives.
             chosen = provision.up(settings, template=j.template, name=_vm_name(run_id),
                                   labels=None if keep else {"ferry-run": run_id},
-                                  metadata=None if keep else {provision.RUN_BUCKET_KEY: settings.bucket},
-                                  progress=say, on_insert=session.own)
+                                  metadata=_run_metadata(settings, keep), progress=say, on_insert=session.own)
             say(f"VM {chosen.name} up in {chosen.zone} ({time.time() - session.vm_t0:.1f} s)")
         else:
             say(f"using VM {chosen.name} in {chosen.zone}")

@@ -117,6 +117,24 @@ def guest_attribute(key: str, timeout: float = 5.0) -> str | None:
         raise
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def claim_vm(run_id: str, log) -> None:
+    """Guest attribute ferry/runner: a runner took this VM (its idle watchdog stands down)."""
+    claim = f"{run_id} {_boot_id()}"  # this boot's: after a reboot the watchdog may act again
+    req = urllib.request.Request(f"http://{metadata_host()}/computeMetadata/v1/instance/guest-attributes/ferry/runner",
+                                 data=claim.encode(), method="PUT", headers={"Metadata-Flavor": "Google"})
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+    except Exception as exc:  # guest attributes disabled, no metadata server: nothing to stand down
+        log(f"could not claim the VM: {exc.__class__.__name__}: {exc}")
+
+
 class PreemptionWatch(threading.Thread):
     """Sets `event` when instance/preempted reads TRUE (long-polls with wait_for_change)."""
 
@@ -420,6 +438,7 @@ class Runner:
         PreemptionWatch(self.preempted, self.note).start()
         threading.Thread(target=self._wake_on_preemption, daemon=True).start()
         write_json_atomic(self.status_path, self.status)
+        claim_vm(self.run_id, self.note)
         proc = None
         state, exit_code, message = None, None, None
         bucket_ok = True

@@ -155,3 +155,21 @@ def test_a_vm_that_cannot_write_the_bucket_fails_the_run_in_seconds_saying_why(c
     status = jget(cloud.bucket, f"runs/{run_id}/status.json")
     assert status["state"] == "failed" and status["started"] is None  # the job never ran
     assert "ferry-readonly" in vms()  # not ferry's run VM: left as it was
+
+
+def test_a_run_killed_while_provisioning_leaves_a_vm_that_powers_itself_off(cloud):
+    """kill -9 is the one way out `run` cannot catch: the VM it made, never claimed by a runner,
+    powers itself off after its idle timeout (nothing bills) and `cleanup` deletes it."""
+    proc = cli_bg(cloud, "run", SELFTEST)
+    wait_for(lambda: cloud.control.instances() and cloud.control.instances()[0]["status"] == "RUNNING", 30,
+             "the VM to run")
+    cloud.control.fault("slow_calls", service="storage", method="POST", delay_s=60, count=1)  # hold `syncing`
+    time.sleep(0.5)
+    proc.kill()
+    proc.communicate(timeout=30)
+    cloud.control.clear_faults()
+    vm = cloud.control.instances()[0]["name"]
+    wait_for(lambda: vms().get(vm) and vms()[vm].status == "TERMINATED", 60, "the idle VM to power off")
+    r = cli(cloud, "cleanup", "--yes")
+    assert r.returncode == 0 and f"{vm}: deleted" in r.stdout, r.stderr
+    assert vms() == {}
