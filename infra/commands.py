@@ -199,7 +199,7 @@ def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
         inst = provision.find(compute, settings, vm)
         if inst is None:
             return _report_down(settings, [vm], {vm: False})
-        labels, zone = dict(inst.labels), provision._last(inst.zone)
+        labels, zone = dict(inst.labels), inst.zone.rsplit("/", 1)[-1]
         if labels.get(render.MANAGED_BY) != "ferry":
             raise UsageError(f"VM {vm} in {zone} is not managed by ferry; not deleting it",
                              hint="ferry deletes only VMs with its label managed-by=ferry; nothing was deleted")

@@ -75,7 +75,7 @@ def logs(settings, run_id: str, follow: bool = False) -> None:
         out.write(data)
         out.flush()
 
-    from jobs.launch import follow_bucket, raise_for_state, shielded
+    from jobs.launch import follow_bucket, raise_for_state
 
     if not follow:
         from google.api_core.exceptions import NotFound
