@@ -120,14 +120,23 @@ def _announce_local(settings: Settings) -> None:
 
 
 def endpoints(settings: Settings) -> dict:
-    """{"compute": url|None, "storage": url|None}: None means Google's public endpoints."""
+    """{"compute": url|None, "storage": url|None, "pacing": Pacing}: None means Google's public
+    endpoints. A local cloud timed like GCE (`FERRY_LOCAL_TIMING=gce`) gets GCE's pacing, scaled."""
     if settings.is_local:
         from infra.local.service import ensure_running
 
         _announce_local(settings)
         ep = ensure_running(settings.home)
-        return {"compute": ep.compute, "storage": ep.storage}
-    return {"compute": None, "storage": None}
+        pacing = LOCAL_PACING if ep.timing != "gce" else scaled(GCP_PACING, ep.time_scale, floor=LOCAL_PACING)
+        return {"compute": ep.compute, "storage": ep.storage, "pacing": pacing}
+    return {"compute": None, "storage": None, "pacing": GCP_PACING}
+
+
+def scaled(pacing: Pacing, scale: float, floor: Pacing) -> Pacing:
+    """PACING with every duration times SCALE, never below FLOOR's."""
+    from dataclasses import fields
+
+    return Pacing(**{f.name: max(getattr(pacing, f.name) * scale, getattr(floor, f.name)) for f in fields(Pacing)})
 
 
 @dataclass
@@ -165,13 +174,13 @@ def compute(settings: Settings) -> Compute:
     key = (settings.backend, settings.project, str(settings.home))
     bundle = _CACHE.get(key)
     if bundle is None:
-        ep = endpoints(settings)["compute"]
+        ep = endpoints(settings)
         bundle = Compute(
             project=settings.project,
             backend=settings.backend,
-            endpoint=ep,
+            endpoint=ep["compute"],
             creds=credentials(settings),
-            pacing=LOCAL_PACING if settings.is_local else GCP_PACING,
+            pacing=ep["pacing"],
         )
         _CACHE[key] = bundle
     return bundle

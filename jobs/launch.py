@@ -246,7 +246,8 @@ class Session:
         if result.mode != "none":
             say(f"code {result.code_hash}: sent {result.files_sent} file(s), {result.bytes_sent / 1e3:.1f} kB ({result.mode})")
         self.put_manifest()
-        pacing = clients.LOCAL_PACING if self.settings.is_local else clients.GCP_PACING
+        ep = clients.endpoints(self.settings)
+        pacing = ep["pacing"]
         p = {
             "run_id": self.run_id, "bucket": self.settings.bucket,
             "project": None if self.settings.is_local else self.settings.project,
@@ -255,7 +256,7 @@ class Session:
             "setup_wait": setup_wait, "setup_poll": pacing.guest_poll_s, "gpu": self.manifest.get("gpu"),
             # a VM this run created ends itself when the job ends, whether or not we are attached
             "self_delete": bool(self.owned) and not self.manifest.get("kept"),
-            "compute_endpoint": clients.endpoints(self.settings)["compute"],
+            "compute_endpoint": ep["compute"],
         }
         self.remote.write(f"{self.paths['run_dir']}/params.json", json.dumps(p, indent=2).encode())
         check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")

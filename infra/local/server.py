@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     service_file = root / "service.json"
     write_json_atomic(service_file, {
         **info, "compute": compute_server.url, "storage": storage.url, "control": f"{compute_server.url}/_ferry",
-        "vm_runtime": args.vm_runtime, "ready_s": round(time.time() - started, 3),
+        "vm_runtime": args.vm_runtime, "ready_s": round(time.time() - started, 3), **compute.timing.describe(),
     })
     log.info("ready: compute %s storage %s (%.3f s)", compute_server.url, storage.url, time.time() - started)
     try:

@@ -40,6 +40,8 @@ class Endpoints:
     home: str | None = None
     project: str = "ferry-local"
     token: str | None = field(default=None, repr=False)  # the bearer token every call carries
+    timing: str = "fast"          # the service's timing profile (FERRY_LOCAL_TIMING)
+    time_scale: float = 1.0
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -49,7 +51,8 @@ class Endpoints:
     @classmethod
     def from_info(cls, info: dict, token: str | None = None) -> "Endpoints":
         return cls(compute=info["compute"], storage=info["storage"], control=info["control"],
-                   pid=info.get("pid"), home=info.get("home"), token=token)
+                   pid=info.get("pid"), home=info.get("home"), token=token, timing=info.get("timing") or "fast",
+                   time_scale=float(info.get("time_scale") or 1.0))
 
 
 def _root(home: Path | None) -> Path:
@@ -294,4 +297,5 @@ def status(home: Path | None = None) -> dict:
     return {"running": True, "compute": info["compute"], "storage": info["storage"], "control": info["control"],
             "pid": info["pid"], "home": str(root.parent), "started_at": info.get("started_at"),
             "vm_runtime": info.get("vm_runtime"), "version": info.get("version"),
+            "timing": info.get("timing"), "time_scale": info.get("time_scale"),
             "token_file": str(root / "token")}

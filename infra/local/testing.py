@@ -122,8 +122,10 @@ def instance_resource(name: str, zone: str = "us-central1-a", *, gpu: str | None
                       gpu_count: int = 1, machine_type: str = "n1-standard-4", spot: bool = False,
                       max_run_s: float | None = None, termination_action: str = "DELETE",
                       metadata: dict | None = None, labels: dict | None = None,
-                      image: str = DLVM_FAMILY, on_host_maintenance: str | None = None):
-    """A compute_v1.Instance as a GPU provisioner would send it (for tests)."""
+                      image: str = DLVM_FAMILY, on_host_maintenance: str | None = None,
+                      scopes: tuple = ("https://www.googleapis.com/auth/cloud-platform",)):
+    """A compute_v1.Instance as a GPU provisioner would send it (for tests); its default service
+    account gets SCOPES (none: no service account, as GCE then attaches none)."""
     from google.cloud import compute_v1
 
     scheduling = compute_v1.Scheduling(on_host_maintenance=on_host_maintenance or ("TERMINATE" if gpu else "MIGRATE"))
@@ -146,6 +148,8 @@ def instance_resource(name: str, zone: str = "us-central1-a", *, gpu: str | None
         metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in items.items()]),
         labels={"managed-by": "ferry", **(labels or {})},
     )
+    if scopes:
+        inst.service_accounts = [compute_v1.ServiceAccount(email="default", scopes=list(scopes))]
     if gpu:
         inst.guest_accelerators = [compute_v1.AcceleratorConfig(
             accelerator_type=f"zones/{zone}/acceleratorTypes/{gpu}", accelerator_count=gpu_count)]

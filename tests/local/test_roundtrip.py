@@ -85,8 +85,10 @@ def test_gpu_vm_round_trip(vm_cloud, instances, client_key):
     result = conn.run("echo hello from the VM")
     assert result.ok and result.stdout.strip() == "hello from the VM"
 
-    code = ("from google.cloud import storage; "
-            "storage.Client().bucket('ferry-local').blob('runs/rt/from-vm.txt').upload_from_string('written on the VM')")
+    # the VM's own service account (its metadata server's token), as code on a GCE VM uses
+    code = ("from google.cloud import storage; import google.auth.compute_engine as ce; "
+            "storage.Client(credentials=ce.Credentials()).bucket('ferry-local').blob('runs/rt/from-vm.txt')"
+            ".upload_from_string('written on the VM')")
     result = conn.run(f'python3 -c "{code}"')
     assert result.ok, result.stderr
     assert gcs.bucket("ferry-local").blob("runs/rt/from-vm.txt").download_as_text() == "written on the VM"

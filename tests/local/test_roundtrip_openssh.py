@@ -32,7 +32,8 @@ def test_openssh_round_trip_through_ferrys_client_path(tmp_path, monkeypatch):
         try:
             out = conn.run("echo hello over openssh; echo $GCE_METADATA_HOST", hide=True)
             assert out.stdout.splitlines()[0] == "hello over openssh"
-            code = ("from google.cloud import storage; storage.Client().bucket('%s')"
+            code = ("from google.cloud import storage; import google.auth.compute_engine as ce; "
+                    "storage.Client(credentials=ce.Credentials()).bucket('%s')"
                     ".blob('runs/ossh/from-vm.txt').upload_from_string('via sshd')" % settings.bucket)
             assert conn.run(f'python3 -c "{code}"', hide=True, warn=True).ok
             conn.run("nohup sleep 300 >/dev/null 2>&1 &", hide=True)

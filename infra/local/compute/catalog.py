@@ -217,6 +217,10 @@ class Image:
     disk_size_gb: int = 50
     deprecated: str | None = None  # None, DEPRECATED, OBSOLETE
     replacement_family: str | None = None
+    # What the local VM's python3 is: "ferry" (the service's own interpreter, with the trainer's
+    # packages, like a Deep Learning VM image) or "bare" (a plain OS image's python3, without
+    # them: the default startup script takes its install path; see docs/local-vms.md).
+    python: str = "ferry"
 
 
 IMAGES = [
@@ -229,9 +233,9 @@ IMAGES = [
           deprecated="DEPRECATED", replacement_family="common-cu129-ubuntu-2204-nvidia-580"),
     Image("deeplearning-platform-release", "pytorch-2-7-cu128-ubuntu-2204-nvidia-570",
           "pytorch-2-7-cu128-v20250707-ubuntu-2204-py310", "Deep Learning VM: PyTorch 2.7, CUDA 12.8"),
-    Image("debian-cloud", "debian-12", "debian-12-bookworm-v20250812", "Debian 12 bookworm", 10),
-    Image("ubuntu-os-cloud", "ubuntu-2204-lts", "ubuntu-2204-jammy-v20250815", "Ubuntu 22.04 LTS", 10),
-    Image("ubuntu-os-cloud", "ubuntu-2404-lts-amd64", "ubuntu-2404-noble-amd64-v20250815", "Ubuntu 24.04 LTS", 10),
+    Image("debian-cloud", "debian-12", "debian-12-bookworm-v20250812", "Debian 12 bookworm", 10, python="bare"),
+    Image("ubuntu-os-cloud", "ubuntu-2204-lts", "ubuntu-2204-jammy-v20250815", "Ubuntu 22.04 LTS", 10, python="bare"),
+    Image("ubuntu-os-cloud", "ubuntu-2404-lts-amd64", "ubuntu-2404-noble-amd64-v20250815", "Ubuntu 24.04 LTS", 10, python="bare"),
 ]
 
 

@@ -42,15 +42,67 @@ from infra.local.compute.resource import API, fingerprint, last, new_id, now_rfc
 log = logging.getLogger("ferry.local.compute")
 
 
+TIMING_PROFILES = ("fast", "gce")
+TIMING_VAR, SCALE_VAR = "FERRY_LOCAL_TIMING", "FERRY_LOCAL_TIME_SCALE"
+
+
+class TimingError(ValueError):
+    """FERRY_LOCAL_TIMING or FERRY_LOCAL_TIME_SCALE holds a value the service cannot use."""
+
+
 @dataclass
 class Timing:
-    """How long each step takes locally (seconds); `slow_operations` adds its delay to each."""
+    """How long each step takes locally (seconds); `slow_operations` adds its delay to each.
+
+    Profiles (`Timing.profile_named`, or the service's environment through `Timing.from_env`):
+    `fast` (the default: tests stay fast) and `gce` (a GPU VM's pace on Compute Engine).
+    Every duration is multiplied by the time scale."""
 
     provision_s: float = 0.02
     stage_s: float = 0.02
     stop_s: float = 0.01
+    delete_s: float = 0.01
     preempt_grace_s: float = 1.0
     setter_s: float = 0.01  # setMetadata / setLabels / setTags / setDeletionProtection
+    guest_agent_s: float = 0.0  # RUNNING -> SSH listening, host keys published, startup script
+    wait_max_s: float = 30.0  # zoneOperations.wait answers DONE at once, else after this hold
+    profile: str = "fast"
+    scale: float = 1.0
+
+    _DURATIONS = ("provision_s", "stage_s", "stop_s", "delete_s", "preempt_grace_s", "setter_s",
+                  "guest_agent_s", "wait_max_s")
+
+    @classmethod
+    def profile_named(cls, name: str = "fast", scale: float = 1.0) -> "Timing":
+        if name not in TIMING_PROFILES:
+            raise TimingError(f"{TIMING_VAR}={name!r} is not a timing profile (valid: {', '.join(TIMING_PROFILES)})")
+        if name == "gce":  # a GPU VM on Compute Engine: 20-90 s to RUNNING, SSH 20-60 s later
+            base = cls(provision_s=10.0, stage_s=25.0, stop_s=30.0, delete_s=20.0, preempt_grace_s=30.0,
+                       setter_s=2.0, guest_agent_s=30.0, wait_max_s=120.0, profile="gce")
+        else:
+            base = cls()
+        values = {k: getattr(base, k) * scale for k in cls._DURATIONS}
+        return cls(**values, profile=name, scale=scale)
+
+    @classmethod
+    def from_env(cls, environ=None) -> "Timing":
+        """The profile named by FERRY_LOCAL_TIMING (fast|gce, default fast), scaled by
+        FERRY_LOCAL_TIME_SCALE (a positive number, default 1.0). Raises TimingError."""
+        import math
+
+        environ = os.environ if environ is None else environ
+        name = (environ.get(TIMING_VAR) or "fast").strip().lower()
+        raw = (environ.get(SCALE_VAR) or "1.0").strip()
+        try:
+            scale = float(raw)
+        except ValueError:
+            scale = float("nan")
+        if not (math.isfinite(scale) and scale > 0):
+            raise TimingError(f"{SCALE_VAR}={raw!r} is not a time scale (valid: a positive number, e.g. 0.05; default 1.0)")
+        return cls.profile_named(name, scale)
+
+    def describe(self) -> dict:
+        return {"timing": self.profile, "time_scale": self.scale}
 
 
 class StateError(Exception):
@@ -297,7 +349,13 @@ class Compute:
         self.vm_factory = vm_factory or NullVm
         self.vm_env = dict(vm_env or {})
         self.ssh_mode = ssh_mode
-        self.timing = timing or Timing()
+        if timing is None:
+            try:
+                timing = Timing.from_env()
+            except TimingError as e:  # the service refuses to start: one line, last in service.log
+                log.error("%s", e)
+                raise SystemExit(3) from None
+        self.timing = timing
         self.faults = Faults()
         self._lock = threading.RLock()
         self._instances: dict[tuple[str, str, str], Instance] = {}
@@ -368,7 +426,9 @@ class Compute:
         threading.Thread(target=fn, args=args, daemon=True, name=f"op-{fn.__name__}").start()
 
     def _sleep(self, seconds: float) -> None:
-        time.sleep(seconds + self.faults.operation_delay())
+        delay = seconds + self.faults.operation_delay()
+        if delay > 0:
+            time.sleep(delay)
 
     def _set_status(self, inst: Instance, status: str, message: str | None = None) -> None:
         with self._lock:
@@ -689,13 +749,26 @@ class Compute:
         accounts = inst.resource.get("serviceAccounts") or []
         return list(accounts[0].get("scopes") or []) if accounts else []
 
+    @staticmethod
+    def _image(inst: Instance) -> catalog.Image | None:
+        """The catalog image of the instance's boot disk (its initializeParams.sourceImage)."""
+        for disk in inst.disks:
+            m = re.search(r"projects/([^/]+)/global/images/([^/]+)$", disk.get("sourceImage") or "")
+            if m:
+                return catalog.image_by_name(m.group(1), m.group(2))
+        return None
+
     def _vm_spec(self, inst: Instance) -> dict:
+        image = self._image(inst)
         return {
             "name": inst.name, "zone": inst.zone, "project": inst.project,
             "disk_dir": self.state_dir / "vms" / inst.project / inst.zone / inst.name,
             "metadata": inst.metadata_items(), "labels": dict(inst.resource.get("labels") or {}),
             "env": dict(self.vm_env), "ssh_mode": self.ssh_mode,
             "scopes": self._scopes(inst), "machine_type": last(inst.resource["machineType"]),
+            "image": f"projects/{image.project}/global/images/{image.name}" if image else "",
+            "python": image.python if image else "ferry",
+            "guest_agent_delay_s": self.timing.guest_agent_s,
         }
 
     # ------------------------------------------------------------------ the guest's side
@@ -780,7 +853,7 @@ class Compute:
 
     def _remove(self, inst: Instance) -> None:
         self._set_status(inst, "STOPPING")
-        self._sleep(self.timing.stop_s)
+        self._sleep(self.timing.delete_s)
         self._halt_vm(inst)
         with self._lock:
             inst.gone = True

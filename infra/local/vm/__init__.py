@@ -5,7 +5,8 @@ script, and every process started on it tracked so that stop() ends them all.
     from infra.local.vm import VmSpec, LocalVm
     vm = LocalVm(VmSpec(name=..., zone=..., project=..., disk_dir=path, metadata={...},
                         labels={...}, env={"STORAGE_EMULATOR_HOST": url}, ssh_mode="asyncssh"))
-    vm.start()          # returns once SSH listens; the startup script runs in background
+    vm.start()          # returns once SSH listens (with spec.guest_agent_delay_s: that long later,
+                        # vm.wait_booted()); the startup script runs in background
     vm.ssh_port, vm.host_key_public, vm.metadata_host
     vm.update_metadata(items); vm.set_preempted(); vm.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")
     vm.drop_connections(); vm.stop(); vm.pids()

@@ -5,7 +5,9 @@ A local VM is a directory (its disk) plus the processes started in it; it is not
 
 from __future__ import annotations
 
+import functools
 import getpass
+import logging
 import os
 import shlex
 import shutil
@@ -24,6 +26,30 @@ HOST_KEY_NAME = "ssh_host_ed25519_key"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASH = shutil.which("bash") or "/bin/bash"
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a VM stops (a GCE guest gets a shutdown, not a kill)
+_BARE_MODULES = ("numpy", "sklearn", "PIL", "numba", "google.cloud.storage", "google.auth")
+
+log = logging.getLogger("ferry.local.vm")
+
+
+@functools.lru_cache(maxsize=1)
+def bare_python() -> list[str]:
+    """python3 of a bare OS image (python="bare"): this machine's /usr/bin/python3 when it
+    lacks the trainer's packages, else this interpreter without its site-packages (-S)."""
+    system = "/usr/bin/python3"
+    probe = ("import importlib.util as u, sys\n"
+             "def has(m):\n"
+             "    try:\n"
+             "        return u.find_spec(m) is not None\n"
+             "    except ImportError:\n"
+             "        return False\n"
+             f"sys.exit(1 if any(has(m) for m in {_BARE_MODULES!r}) else 0)")
+    if os.path.exists(system):
+        try:
+            if subprocess.run([system, "-c", probe], capture_output=True, timeout=10).returncode == 0:
+                return [system]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return [sys.executable, "-S"]
 
 
 def os_user() -> str:
@@ -103,6 +129,8 @@ class LocalVm:
         self._pgids: set[int] = set()
         self._children: list[subprocess.Popen] = []
         self._host_key = ""
+        self._booted = threading.Event()
+        self._halted = threading.Event()
         users = [u for u, _, _ in parse_ssh_keys(spec.metadata.get("ssh-keys"))]
         self.sandbox = Sandbox(spec.disk_dir, spec.state_dir, spec.name, login=users[0] if users else "ferry")
 
@@ -150,9 +178,15 @@ class LocalVm:
         own = os.path.join(os.path.dirname(exe), "python3")
         scripts = {name: _POWEROFF for name in _POWEROFF_NAMES}
         scripts["sudo"] = _SUDO
-        if not (os.path.exists(own) and os.path.realpath(own) == os.path.realpath(exe)):
+        if self.spec.python == "bare":
+            for name in ("python3", "python"):
+                scripts[name] = f"#!/bin/sh\nexec {shlex.join(bare_python())} \"$@\"\n"
+        elif not (os.path.exists(own) and os.path.realpath(own) == os.path.realpath(exe)):
             for name in ("python3", "python"):
                 scripts[name] = f"#!/bin/sh\nexec {shlex.quote(exe)} \"$@\"\n"
+        else:
+            for name in ("python3", "python"):
+                (shim_dir / name).unlink(missing_ok=True)
         for name, text in scripts.items():
             shim = shim_dir / name
             if not shim.exists() or shim.read_text() != text:
@@ -169,8 +203,10 @@ class LocalVm:
         user = user or os_user()
         home = self.sandbox.home(user) if self.spec.ssh_mode == "asyncssh" else str(self.spec.disk_dir)
         bin_dir = self.sandbox.bin_dir() if self.spec.ssh_mode == "asyncssh" else str(self.spec.state_dir / "bin")
+        # a bare image's python3 is its own (the shim), not the service's interpreter
+        path = f"{bin_dir}:{SYSTEM_PATH}" if self.spec.python == "bare" else f"{bin_dir}:{os.path.dirname(sys.executable)}:{SYSTEM_PATH}"
         env = {
-            "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{SYSTEM_PATH}",
+            "PATH": path,
             "HOME": home,
             "PWD": home,
             "USER": user,
@@ -178,6 +214,8 @@ class LocalVm:
             "SHELL": BASH,
             "LANG": "C.UTF-8",
         }
+        if self.spec.python == "bare":  # no package index: the local cloud installs nothing
+            env.update({"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         env.update(self.spec.env)
         host = self.metadata_host
         env.update({"GCE_METADATA_HOST": host, "GCE_METADATA_IP": host, processes.MARKER_VAR: self.spec.marker})
@@ -205,10 +243,19 @@ class LocalVm:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Boot: metadata server, SSH server (returns once it listens), startup script."""
+        """Boot: metadata server, then SSH server (returns once it listens), the guest agent's
+        host keys and the startup script; with `guest_agent_delay_s`, those three come that
+        long after start() returns (on a thread), as on GCE some time after RUNNING."""
         with self._lock:
             if self._running:
                 return
+            if self.spec.python == "bare" and self.isolation == "none":
+                # its startup script runs as root and installs packages: never on this machine
+                raise VmError(f"local VM {self.spec.name}: image {self.spec.image or 'of a bare OS'} runs only "
+                              "inside bubblewrap (its startup script runs as root and would install packages "
+                              "on this machine)",
+                              hint="install bubblewrap (apt-get install bubblewrap) and use --vm-runtime asyncssh, "
+                                   "or a Deep Learning VM image")
             self.spec.disk_dir.mkdir(parents=True, exist_ok=True)
             state_dir = self._state_dir()
             self._host_key = ensure_host_key(state_dir)
@@ -216,33 +263,72 @@ class LocalVm:
             # leftovers of an earlier life of this disk (a service that crashed): gone first
             processes.kill_all(self.spec.marker, deadline=1.0)
             self._pgids = set()
+            self._booted = threading.Event()
+            self._halted = threading.Event()
             self._meta_state = MetadataState(self.spec.name, self.spec.zone, self.spec.project, self.spec.metadata,
                                              scopes=self.spec.scopes, machine_type=self.spec.machine_type,
                                              host=self.host)
             self._meta = MetadataServer(self._meta_state)
             self._meta.start()
-            try:
-                if self.spec.ssh_mode == "openssh":
-                    from .sshd_openssh import OpenSshd
-
-                    self._sshd = OpenSshd(vm=self)
-                else:
-                    from .sshd_embedded import EmbeddedSshd
-
-                    self._sshd = EmbeddedSshd(
-                        host_key_path=state_dir / HOST_KEY_NAME, disk_dir=self.spec.disk_dir,
-                        keys=self._keys, env_for=self.session_env, on_spawn=self._on_spawn,
-                        wrap=self.wrap, sftp_mounts=self.sandbox.sftp_mounts,
-                        home_for=lambda user: self.session_env(user)["HOME"],
-                    )
-                self._sshd.start()
-            except BaseException:
+            delay = self.spec.guest_agent_delay_s
+            if delay <= 0:
+                try:
+                    self._start_sshd(state_dir)
+                except BaseException:
+                    self._running = True
+                    self.stop()
+                    raise
                 self._running = True
-                self.stop()
-                raise
+                self._guest_boot()
+                return
             self._running = True
-            self._guest_agent()
-            self._run_startup_script()
+            halted = self._halted
+            threading.Thread(target=self._late_boot, args=(delay, halted, state_dir), daemon=True,
+                             name=f"vm-boot-{self.spec.name}").start()
+
+    def wait_booted(self, timeout: float | None = None) -> bool:
+        """Whether SSH listens and the guest agent ran (at once without guest_agent_delay_s)."""
+        return self._booted.wait(timeout)
+
+    def _start_sshd(self, state_dir: Path) -> None:
+        if self.spec.ssh_mode == "openssh":
+            from .sshd_openssh import OpenSshd
+
+            self._sshd = OpenSshd(vm=self)
+        else:
+            from .sshd_embedded import EmbeddedSshd
+
+            self._sshd = EmbeddedSshd(
+                host_key_path=state_dir / HOST_KEY_NAME, disk_dir=self.spec.disk_dir,
+                keys=self._keys, env_for=self.session_env, on_spawn=self._on_spawn,
+                wrap=self.wrap, sftp_mounts=self.sandbox.sftp_mounts,
+                home_for=lambda user: self.session_env(user)["HOME"],
+            )
+        self._sshd.start()
+
+    def _guest_boot(self) -> None:
+        self._guest_agent()
+        self._run_startup_script()
+        self._booted.set()
+
+    def _late_boot(self, delay: float, halted: threading.Event, state_dir: Path) -> None:
+        """The guest's boot after `delay` s: SSH server, host keys, startup script (unless the
+        VM stopped meanwhile). A failure leaves the VM RUNNING without SSH, as a broken guest."""
+        if halted.wait(delay):
+            return
+        with self._lock:
+            if halted.is_set() or not self._running:
+                return
+            try:
+                self._start_sshd(state_dir)
+                self._guest_boot()
+            except Exception as e:
+                log.exception("VM %s: the guest failed to boot", self.spec.name)
+                try:
+                    with open(self.startup_log, "ab") as f:
+                        f.write(f"--- guest boot failed: {e}\n".encode())
+                except OSError:
+                    pass
 
     def _guest_agent(self) -> None:
         """What Google's guest agent does at boot: publish the SSH host key (and, locally, the
@@ -324,6 +410,7 @@ class LocalVm:
             if not self._running:
                 return
             self._running = False
+            self._halted.set()
             sshd, self._sshd = self._sshd, None
             if sshd is not None:
                 sshd.stop()  # no new sessions; connections aborted

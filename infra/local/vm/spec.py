@@ -9,6 +9,7 @@ from pathlib import Path
 from infra.errors import CloudError
 
 SSH_MODES = ("asyncssh", "openssh")
+PYTHONS = ("ferry", "bare")  # the VM's python3: the service's own (a Deep Learning VM's), or a bare OS's
 
 
 class VmError(CloudError):
@@ -22,6 +23,11 @@ class VmSpec:
     `metadata` holds every instance metadata item ('ssh-keys', 'startup-script', ...).
     `env` is extra environment for every process on the VM (e.g. STORAGE_EMULATOR_HOST).
     `scopes` and `machine_type` are what its metadata server tells about it.
+    `image` is the boot disk's image (`projects/P/global/images/NAME`, informational) and
+    `python` what that image's python3 is: "ferry" (the service's interpreter, with the
+    trainer's packages) or "bare" (a plain OS image's, without them; needs bubblewrap).
+    `guest_agent_delay_s`: how long after start() the SSH server listens, the host keys are
+    published as guest attributes and the startup script runs (GCE: 20-60 s after RUNNING).
     """
 
     name: str
@@ -34,11 +40,17 @@ class VmSpec:
     ssh_mode: str = "asyncssh"
     scopes: list[str] | None = None       # the default service account's scopes (None: broad)
     machine_type: str = "n1-standard-1"
+    image: str = ""
+    python: str = "ferry"
+    guest_agent_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.disk_dir = Path(self.disk_dir).expanduser().resolve()
         if self.ssh_mode not in SSH_MODES:
             raise VmError(f"unknown ssh_mode {self.ssh_mode!r}", hint="valid: asyncssh, openssh")
+        if self.python not in PYTHONS:
+            raise VmError(f"unknown python {self.python!r}", hint="valid: " + ", ".join(PYTHONS))
+        self.guest_agent_delay_s = max(0.0, float(self.guest_agent_delay_s or 0.0))
         self.metadata = dict(self.metadata or {})
         self.labels = dict(self.labels or {})
         self.env = {str(k): str(v) for k, v in (self.env or {}).items()}
