@@ -57,6 +57,10 @@ class Control:
     def fault(self, kind: str, **params) -> dict:
         return self._call("POST", "/faults", {"kind": kind, **params})
 
+    def set_policies(self, **policies) -> dict:
+        """Organization policies: disableGuestAttributesAccess, requireOsLogin (True/False)."""
+        return self._call("POST", "/policies", policies)
+
     def faults(self) -> list[dict]:
         return self._call("GET", "/faults")
 

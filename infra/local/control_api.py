@@ -14,6 +14,8 @@
     GET    /_ferry/quotas[?region=R]              regional quotas: [{region, metric, limit, usage}]
     POST   /_ferry/quotas   {region, metric, limit}   set one limit (region "global": GPUS_ALL_REGIONS)
     DELETE /_ferry/quotas                         every limit back to its default
+    GET    /_ferry/policies                       organization policies in force
+    POST   /_ferry/policies {disableGuestAttributesAccess?, requireOsLogin?}   set them (true/false)
     GET    /_ferry/settings                       {page_size}
     POST   /_ferry/settings {page_size}           the default page size of every list (1-500;
                                                   FERRY_LOCAL_PAGE_SIZE sets it at start)
@@ -112,6 +114,15 @@ class ControlApi:
             if method == "DELETE":
                 self.compute.quotas.reset()
                 return 200, {"reset": True}
+        if path == "/_ferry/policies":
+            if method == "POST":
+                known = ("disableGuestAttributesAccess", "requireOsLogin")
+                for key, value in body.items():
+                    if key not in known or not isinstance(value, bool):
+                        return 400, {"error": f"policy {key!r}: valid: {', '.join(known)}, each true or false"}
+                    self.compute.policies[key] = value
+            if method in ("GET", "POST"):
+                return 200, dict(self.compute.policies)
         if path == "/_ferry/settings":
             if method == "POST" and "page_size" in body:
                 size = body["page_size"]

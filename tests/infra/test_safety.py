@@ -203,3 +203,20 @@ def test_logs_follow_never_deletes_the_vm_a_manifest_names_unless_it_is_that_run
         assert rc == 0 and out == "done\n", err
         assert "not deleting" in err
     assert names(cloud) == {"prod-db", "other-run-vm"}
+
+
+# --------------------------------------------------------------------------- organization policies
+@pytest.mark.parametrize("policy,needle", [("disableGuestAttributesAccess", "guest attributes are disabled"),
+                                           ("requireOsLogin", "OS Login")])
+def test_an_org_policy_that_blocks_ssh_is_said_at_once_and_the_vm_deleted(cloud, capsys, policy, needle):
+    """Guest attributes off (no host key to pin) or OS Login enforced (ssh-keys ignored): `up`
+    says which at once, instead of waiting minutes for SSH with a hint naming neither."""
+    cloud.control.set_policies(**{policy: True})
+    try:
+        t0 = time.monotonic()
+        rc, _, err = run(capsys, "up", "--gpu", "t4", "--name", "policed")
+        assert rc == 3 and needle in err, err
+        assert time.monotonic() - t0 < 25
+        assert not names(cloud)
+    finally:
+        cloud.control.set_policies(**{policy: False})

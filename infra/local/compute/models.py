@@ -151,6 +151,10 @@ class InstanceHost:
     def __init__(self, compute: "Compute", inst: "Instance"):
         self.compute, self.inst = compute, inst
 
+    def os_login_enforced(self) -> bool:
+        """Organization policy constraints/compute.requireOsLogin: metadata ssh-keys are ignored."""
+        return bool(self.compute.policies.get("requireOsLogin"))
+
     def set_guest_attribute(self, key: str, value: str) -> None:
         with self.compute._lock:
             self.inst.guest[key] = value
@@ -362,6 +366,7 @@ class Compute:
         self._operations: dict[str, Operation] = {}
         self._request_ids: dict[str, Operation] = {}
         self._tokens: dict[str, tuple[tuple[str, str, str], tuple[str, ...]]] = {}  # VM token -> (instance, scopes)
+        self.policies: dict[str, bool] = {}  # organization policies in force (control: /_ferry/policies)
         self.quotas = Quotas()
         env_page = os.environ.get("FERRY_LOCAL_PAGE_SIZE")
         self.page_size = int(env_page) if env_page and env_page.isdigit() and int(env_page) > 0 else 500
@@ -718,6 +723,9 @@ class Compute:
     def guest_attributes(self, project: str, zone: str, name: str, query_path: str | None,
                          variable_key: str | None) -> dict:
         inst = self.get_instance(project, zone, name)
+        if self.policies.get("disableGuestAttributesAccess"):
+            raise exc.GceError(403, f"Constraint constraints/compute.disableGuestAttributesAccess violated for "
+                                    f"project {project}: guest attributes access is disabled.", "forbidden")
         enabled = str(inst.metadata_items().get("enable-guest-attributes", "")).upper() == "TRUE"
         if not enabled:
             raise exc.not_found(f"projects/{project}/zones/{zone}/instances/{name}/guestAttributes"

@@ -228,6 +228,9 @@ class LocalVm:
         return self.sandbox.wrap(argv, user, cwd) if self.spec.ssh_mode == "asyncssh" else list(argv)
 
     def _keys(self) -> str:
+        """The keys sshd accepts: metadata ssh-keys, unless OS Login is enforced (then none of them)."""
+        if getattr(self.host, "os_login_enforced", lambda: False)():
+            return ""
         return self.spec.metadata.get("ssh-keys", "")
 
     def _on_spawn(self, pgid: int) -> None:
