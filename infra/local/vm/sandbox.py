@@ -103,14 +103,16 @@ class Sandbox:
         args = [self.bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
                 "--unshare-uts", "--unshare-ipc", "--hostname", self.name,
                 "--tmpfs", "/home", "--tmpfs", "/run"]
+        hidden = [Path("/home"), Path("/run"), Path("/tmp")]
         if (_REPO / "infra" / "local").is_dir():
             args += ["--tmpfs", str(_REPO)]  # ferry's own tree is not on the VM
+            hidden.append(_REPO)
+        args += ["--bind", str(self.tmp_dir()), "/tmp"]
         for keep in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}):
-            # the interpreter (and its environment) stay, wherever they live
-            if any(hidden in (keep, *keep.parents) for hidden in (Path("/home"), Path("/run"), _REPO)):
+            # the interpreter (and its environment) stay, wherever they live (under /tmp in CI)
+            if any(h == keep or h in keep.parents for h in hidden):
                 args += ["--ro-bind", str(keep), str(keep)]
-        args += ["--bind", str(self.tmp_dir()), "/tmp",
-                 "--bind", str(self.disk), home,
+        args += ["--bind", str(self.disk), home,
                  "--tmpfs", f"{home}/.vm",
                  "--ro-bind", str(self.state / "bin"), VM_BIN,
                  "--ro-bind", str(self._passwd(who)), "/etc/passwd",
