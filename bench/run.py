@@ -8,7 +8,10 @@ Prints, each as a median over N runs of the trivial `selftest` job:
     (status.json started -> ended), with a fresh VM and with a VM already up;
   * latency of a printed line: from the job's print (a timestamp in the line) to the
     terminal (the `run` process's stdout) and to the bucket (logs/output.log);
-  * bytes sent by the first sync of the code and by a second sync of the unchanged tree.
+  * bytes sent by the first sync of the code and by a second sync of the unchanged tree;
+  * bytes uploaded for the log and the metrics of a job that prints steadily for --steady
+    seconds (default 60), per byte of their final size (target <= 1.2x; re-sending the whole
+    file every 2 s, as the runner once did, grows with the square of the length).
 Targets (issue 5): overhead < 3 s fresh / < 1 s with a VM up; line on the terminal < 1 s,
 in the bucket < 10 s.
 """
@@ -102,6 +105,7 @@ def latencies(home: Path, bucket, epochs: int = 8) -> tuple[list[float], list[fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--steady", type=float, default=60.0, help="seconds of the steadily printing job")
     args = ap.parse_args()
     from infra import clients, provision
     from infra.local.testing import local_cloud
@@ -124,6 +128,10 @@ def main() -> None:
             first = json.loads(bucket.blob(f"runs/{warm[0][2]}/manifest.json").download_as_bytes())["sync"]
             second = json.loads(bucket.blob(f"runs/{warm[1][2]}/manifest.json").download_as_bytes())["sync"]
             term, buck = latencies(home, bucket)
+            epochs = max(1, int(args.steady / 0.1))
+            _, _, steady_id = one_run(home, bucket, f"epochs={epochs}", "sleep=0.1", "lines=2000")
+            steady = json.loads(bucket.blob(f"runs/{steady_id}/status.json").download_as_bytes())
+            sizes = {name: bucket.get_blob(f"runs/{steady_id}/{name}").size for name in ("logs/output.log", "metrics.jsonl")}
             provision.delete(settings, vm.name, vm.zone)
 
     def med(xs):
@@ -135,6 +143,9 @@ def main() -> None:
     print(f"line -> bucket:              median {med(buck):.2f} s, max {max(buck):.2f} s (n={len(buck)})")
     print(f"first sync:                  {first['bytes']} bytes ({first['files']} files, {first['mode']})")
     print(f"second sync (unchanged):     {second['bytes']} bytes ({second['mode']})")
+    for name, size in sizes.items():
+        sent = steady.get("uploaded_bytes", {}).get(name, 0)
+        print(f"uploaded / final, {name:<15} {sent / max(size, 1):.2f}x  ({sent} of {size} bytes, {args.steady:.0f} s of steady output)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def pull_run(bucket, run_id: str, target: Path) -> dict:
     plan = []
     for blob in bucket.client.list_blobs(bucket, prefix=prefix):
         rel = blob.name[len(prefix):]
+        if rel.startswith(".chunks/"):  # bytes on their way into the log (jobs/runner.py): not results
+            continue
         path = safe_target(target, rel)
         if path is None:
             raise CloudError(f"refusing to pull {run_id}: object name {blob.name!r} would escape {target}",

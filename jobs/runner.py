@@ -175,13 +175,25 @@ def gpu_name() -> str | None:
 
 
 # --------------------------------------------------------------------------- the bucket
+GROWING = ("logs/output.log", "metrics.jsonl")  # files that only grow: appended, never re-sent
+CHUNKS = ".chunks/"  # under the run's folder: new bytes on their way into a growing object
+
+
 class Uploader:
-    """Uploads changed files to gs://BUCKET/runs/RUN_ID/ (only what changed since last time)."""
+    """Uploads changed files to gs://BUCKET/runs/RUN_ID/ (only what changed since last time).
+
+    A growing file (the log, the metrics) costs O(its final size) in uploads, not O(size x
+    syncs): its new bytes go up as a chunk object that Cloud Storage composes onto the object
+    (compose is server-side; `ifGenerationMatch` makes sure nothing else wrote it meanwhile), so
+    readers always see one complete object. Anything unexpected (a failed compose, a file that
+    shrank) falls back to uploading the whole file once. `sent` counts the bytes uploaded."""
 
     def __init__(self, bucket: str, project: str | None, run_id: str, log):
         self.prefix = f"runs/{run_id}/"
         self.log = log
         self._seen: dict[str, tuple] = {}
+        self._grown: dict[str, dict] = {}  # growing object -> {"bytes", "generation", "chunks"}
+        self.sent: dict[str, int] = {}
         self._bucket_name = bucket
         self._project = project
         self._bucket = None
@@ -198,6 +210,9 @@ class Uploader:
             self._bucket = client.bucket(self._bucket_name)
         return self._bucket
 
+    def _count(self, name: str, n: int) -> None:
+        self.sent[name] = self.sent.get(name, 0) + n
+
     def put_file(self, path: Path, name: str, content_type: str, force: bool = False) -> bool:
         try:
             st = path.stat()
@@ -206,11 +221,44 @@ class Uploader:
         key = (st.st_size, st.st_mtime_ns)
         if not force and self._seen.get(name) == key:
             return False
-        data = path.read_bytes()  # a consistent snapshot: the job may be appending
-        blob = self.bucket().blob(self.prefix + name)
-        blob.upload_from_string(data, content_type=content_type)
+        if name in GROWING:
+            self._append(path, name, content_type, st.st_size, force)
+        else:
+            data = path.read_bytes()  # a consistent snapshot: the job may be appending
+            self.bucket().blob(self.prefix + name).upload_from_string(data, content_type=content_type)
+            self._count(name, len(data))
         self._seen[name] = key
         return True
+
+    def _append(self, path: Path, name: str, content_type: str, size: int, force: bool) -> None:
+        state = None if force else self._grown.get(name)
+        if state is not None and size < state["bytes"]:
+            state = None  # rewritten, not appended: send it whole
+        with open(path, "rb") as f:
+            if state is not None:
+                f.seek(state["bytes"])
+            data = f.read(size - (state["bytes"] if state else 0))
+        target = self.bucket().blob(self.prefix + name)
+        self._grown.pop(name, None)  # until this succeeds, the next sync starts from scratch
+        if state is None:
+            target.upload_from_string(data, content_type=content_type)
+            self._count(name, len(data))
+            self._grown[name] = {"bytes": len(data), "generation": target.generation, "chunks": 0}
+            return
+        if not data:
+            self._grown[name] = state
+            return
+        chunk = self.bucket().blob(f"{self.prefix}{CHUNKS}{name}.{state['chunks']}")
+        chunk.upload_from_string(data, content_type="application/octet-stream")
+        self._count(name, len(data))
+        target.content_type = content_type
+        target.compose([target, chunk], if_generation_match=state["generation"])
+        try:
+            chunk.delete()
+        except Exception as exc:  # a leftover chunk is harmless (pull skips .chunks/)
+            self.log(f"could not delete {chunk.name}: {exc.__class__.__name__}")
+        self._grown[name] = {"bytes": state["bytes"] + len(data), "generation": target.generation,
+                             "chunks": state["chunks"] + 1}
 
     def put_json(self, name: str, data: dict, quick: bool = False) -> None:
         """Upload NAME; `quick`: one try with a short timeout (the caller retries)."""
@@ -477,6 +525,7 @@ class Runner:
         self.status.update(state=state, exit_code=exit_code, ended=now_iso(), message=message)
         if bucket_ok:
             self.flush(final=True)
+            self.status["uploaded_bytes"] = dict(self.uploader.sent)  # what the run cost in uploads
             # status.json goes last: a final status in the bucket means the rest is there too.
             for attempt in range(5):
                 try:

@@ -1,8 +1,6 @@
-"""Fixtures for jobs/ tests: a temp FERRY_HOME, an in-process Cloud Storage emulator."""
+"""Fixtures for jobs/ tests: a temp FERRY_HOME, an in-process Cloud Storage server."""
 
 from __future__ import annotations
-
-import socket
 
 import pytest
 
@@ -15,26 +13,22 @@ def ferry_home(tmp_path, monkeypatch):
     return home
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def gcs(monkeypatch):
-    """An in-memory gcp-storage-emulator on 127.0.0.1; yields (url, bucket)."""
-    from gcp_storage_emulator.server import create_server
+def gcs(monkeypatch, tmp_path):
+    """The local cloud's Cloud Storage server alone, on 127.0.0.1 (no access token); yields
+    (url, bucket "ferry-test")."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="ferry-test")
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    from infra.local.storage import StorageServer
+
+    server = StorageServer(tmp_path / "gcs")
+    server.serve_in_background()
+    url = server.url
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
     client = storage.Client(project="ferry-local", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
     try:
-        yield url, client.bucket("ferry-test")
+        yield url, client.create_bucket("ferry-test")
     finally:
-        server.stop()
+        server.shutdown()
+        server.server_close()

@@ -203,3 +203,23 @@ def test_datasets_are_staged_checked_and_skipped_when_present(gcs, metadata, vm_
     assert staged.read_bytes() == (src / "test" / "Coast" / "image_0001.jpg").read_bytes()
     log2 = (vm_home / "ferry/runs/selftest-20250101-000000-gggg/output.log").read_text()
     assert "already staged" in log2
+
+
+def test_a_growing_log_costs_its_final_size_in_uploads_not_size_times_syncs(gcs, metadata, vm_home):
+    """The log and the metrics are appended in the bucket (compose), not re-sent whole every
+    sync: bytes uploaded for them stay within 1.2x of their final size."""
+    url, bucket = gcs
+    rid = "selftest-20250101-000000-grow"
+    run_dir = prepare(vm_home, rid, ["epochs=80", "sleep=0.05", "lines=3000"], upload_interval=0.1)
+    p = runner(vm_home, "serve", str(run_dir), env=env_for(url, metadata[1]))
+    assert p.wait(60) == 0, p.stderr.read()
+    status = json.loads(blob_text(bucket, f"runs/{rid}/status.json"))
+    assert status["state"] == "succeeded"
+    log = blob_text(bucket, f"runs/{rid}/logs/output.log")
+    assert log == (run_dir / "output.log").read_text()  # one complete object, byte for byte
+    metrics = blob_text(bucket, f"runs/{rid}/metrics.jsonl")
+    assert metrics == (run_dir / "out" / "metrics.jsonl").read_text()
+    sent = status["uploaded_bytes"]
+    assert sent["logs/output.log"] <= 1.2 * len(log.encode()), (sent, len(log))
+    assert sent["metrics.jsonl"] <= 1.2 * len(metrics.encode()), (sent, len(metrics))
+    assert not [b.name for b in bucket.client.list_blobs(bucket, prefix=f"runs/{rid}/.chunks/")]
