@@ -252,7 +252,16 @@ def run_cli(argv=None) -> int:
     SIGHUP tear down what the command created and exit 128 + the signal."""
     from infra import interrupts
 
-    interrupts.install()
+    previous = interrupts.install()
+    try:
+        return _run(argv)
+    finally:
+        interrupts.restore(previous)
+
+
+def _run(argv) -> int:
+    from infra import interrupts
+
     try:
         main.main(args=argv, prog_name="cli.py", standalone_mode=False)
     except FerryError as exc:

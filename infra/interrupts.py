@@ -77,14 +77,27 @@ def check() -> None:
         raise Interrupt(signum)
 
 
-def install() -> None:
-    """Route SIGINT, SIGTERM and SIGHUP through `_handler` (main thread only; idempotent)."""
+def install() -> dict:
+    """Route SIGINT, SIGTERM and SIGHUP through `_handler` (main thread only) and forget earlier
+    signals -> the previous handlers, for `restore()`."""
     global _installed
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
+    reset()
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, _handler)
     _installed = True
+    return previous
+
+
+def restore(previous: dict) -> None:
+    """Put back the handlers `install()` replaced (a command run in-process, e.g. by tests)."""
+    global _installed
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if previous:
+        _installed = False
 
 
 def received() -> int | None:
