@@ -73,6 +73,8 @@ def common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--out", metavar="DIR", help="where metrics.jsonl and summary.json go (default ./trainer-out/JOB)")
     p.add_argument("--train-samples", type=positive, metavar="N", help="MNIST: use the first N training images (default all)")
     p.add_argument("--test-samples", type=positive, metavar="N", help="MNIST: use the first N test images (default all)")
+    p.add_argument("--resume", metavar="DIR", help="continue from the newest whole checkpoint in DIR (a job writes one "
+                   "after every epoch into OUT/checkpoints); the result equals the run never interrupted")
 
 
 def numpy_options(p: argparse.ArgumentParser) -> None:
@@ -100,6 +102,8 @@ def tf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jit", action="store_true", help="XLA-compile the steps (faster on CPU; not in the tutorial)")
     p.add_argument("--intra-threads", type=positive, metavar="N", help="TF intra-op threads (default: usable cores)")
     p.add_argument("--inter-threads", type=positive, default=1, metavar="N", help="TF inter-op threads (default 1)")
+    p.add_argument("--deterministic", action="store_true", help="enable TF op determinism: a resumed run then equals "
+                   "the run never interrupted (slower on GPU)")
 
 
 def parser() -> Parser:
@@ -133,6 +137,9 @@ def check(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer import stopping
+
+    stopping.install()
     try:
         args = vars(parser().parse_args(argv))
         job = args.pop("job")

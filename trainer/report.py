@@ -32,6 +32,14 @@ class Run:
         self.metrics.flush()
         say(line)
 
+    def restore(self, records: list[dict]) -> None:
+        """A resumed job: the epochs done before the checkpoint, back into metrics.jsonl
+        (byte for byte what they were), without printing them again."""
+        for record in records:
+            self.records.append(record)
+            self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
     def summary(self, summary: dict) -> dict:
         self.metrics.close()
         summary = {**summary, "total_seconds": round(time.time() - self.started, 3),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import arrays, report, softmax, svm
+from trainer import arrays, checkpoint, report, softmax, stopping, svm
 from trainer.errors import TrainerError
 
 MODES = ("stencil", "minibatch")
@@ -52,6 +52,7 @@ class Config:
     train_per_class: int = 100           # 15-scene
     test_per_class: int = 100
     image_size: int = 64
+    resume: str | None = None            # a checkpoints folder to continue from
 
     def resolve(self, dataset: str) -> "Config":
         """A copy with the mode's defaults for `dataset` filled in, validated."""
@@ -134,8 +135,21 @@ def load(cfg: Config, dataset: str) -> dict:
 
 
 # ------------------------------------------------------------------------ training
-def train(cfg: Config, data: dict, run: report.Run, svm_at: list[int], label: str) -> dict:
-    """Train one network; every epoch goes to `run`. Returns the summary of this training."""
+RUN_ONLY = ("out", "data_dir", "cache_dir", "download", "resume")  # where, not what: not in a checkpoint's identity
+
+
+def identity(cfg: Config) -> dict:
+    """What a checkpoint must have been written with to be continued by this run."""
+    return {"job": cfg.job, "params": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY},
+            "code_hash": checkpoint.code_hash()}
+
+
+def train(cfg: Config, data: dict, run: report.Run, svm_at: list[int], label: str,
+          ckpt: checkpoint.Checkpointer, done: dict | None = None) -> dict:
+    """Train one network; every epoch goes to `run`, after a checkpoint with everything
+    needed to continue bit for bit (W, b, the RNG -- which also drives the minibatch offsets
+    and orders --, every record so far, and `done`: the finished trainings of a q6 run).
+    Continues from `ckpt`'s restored state when it is this training's. Returns its summary."""
     rng = np.random.default_rng(cfg.seed)
     Xtr, ytr, Xte, yte = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
     N, D = Xtr.shape
@@ -158,11 +172,19 @@ def train(cfg: Config, data: dict, run: report.Run, svm_at: list[int], label: st
         detail = {"loss": "mean over the epoch of -ln(p_y + 1e-10)",
                   "shuffle": "once, then per epoch a random batch offset and batch order"}
     gpu = arrays.gpu_name(xp)
+    start, epochs = 0, []
+    state = ckpt.state
+    if state and state["current"]["label"] == label:  # W, b, the RNG, the records: as they were
+        W[...] = xp.asarray(ckpt.arrays["W"])
+        b[...] = xp.asarray(ckpt.arrays["b"])
+        rng.bit_generator.state = state["current"]["rng"]
+        start = state["current"]["epoch"] + 1
+        epochs = [r for r in state["records"] if r["job"] == label]
+        report.say(f"[{label}] resumed from checkpoint {ckpt.resumed_from}: epochs 0..{start - 1} done")
     report.say(f"[{label}] {cfg.mode} mode, lr {cfg.lr}, batch {cfg.batch_size}, init {cfg.init}, "
                f"{N} train / {len(yte)} test, device {device}{' ' + gpu if gpu else ''} ({why})"
                + (f", SVM after epochs {svm_at}" if svm_at else ""))
-    epochs = []
-    for e in range(cfg.epochs):
+    for e in range(start, cfg.epochs):
         t = time.perf_counter()
         loss = step()
         if device == "gpu":
@@ -184,8 +206,12 @@ def train(cfg: Config, data: dict, run: report.Run, svm_at: list[int], label: st
             rec.update(fit, svm_fit_after_epoch=e)
             line += f" | NN+SVM (fit after epoch {e}): train {fit['svm_train_accuracy']:.2%}, test {fit['svm_test_accuracy']:.2%}"
         rec["eval_seconds"] = round(time.perf_counter() - t, 4)
-        run.epoch(rec, line)
         epochs.append(rec)
+        with stopping.commit():  # checkpoint, line and metrics: all three or none
+            ckpt.save({"current": {"label": label, "epoch": e, "rng": rng.bit_generator.state},
+                       "records": [*run.records, rec], "done": done or {}},
+                      {"W": arrays.to_numpy(W), "b": arrays.to_numpy(b)})
+            run.epoch(rec, line)  # reported done only once its checkpoint is written
     best = max(epochs, key=lambda r: r["test_accuracy"])
     out = {"best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
            "final_test_accuracy": epochs[-1]["test_accuracy"],
@@ -222,15 +248,19 @@ def run_job(cfg: Config) -> dict:
     dataset = DATASET_OF[cfg.job]
     cfg = cfg.resolve(dataset)
     svm_at = svm_epochs(cfg.svm_epochs or ("0,last" if cfg.job.endswith("-svm") else "none"), cfg.epochs)
+    ckpt = checkpoint.Checkpointer(cfg.out, identity(cfg), cfg.resume, report.say)  # a bad --resume fails first
     data = load(cfg, dataset)
     run = report.Run(Path(cfg.out))
-    result = train(cfg, data, run, svm_at, cfg.job)
+    if ckpt.state:
+        run.restore(ckpt.state["records"])
+    result = train(cfg, data, run, svm_at, cfg.job, ckpt)
     name = f"NN{'+SVM' if svm_at else ''} on {PRETTY[dataset]}"
     text = condition_report(name, result, bool(svm_at))
     report.say(text)
     epochs = result.pop("epochs")
     return run.summary({"job": cfg.job, "mode": cfg.mode, "seed": cfg.seed, "config": _config(cfg),
-                        **result, "report": text, "n_epochs": len(epochs)})
+                        **result, "report": text, "n_epochs": len(epochs),
+                        "checkpoint": ckpt.summary(result["median_epoch_seconds"])})
 
 
 def run_q6(cfg: Config) -> dict:
@@ -240,12 +270,20 @@ def run_q6(cfg: Config) -> dict:
     svm_at = svm_epochs(cfg.svm_epochs or "0,last", cfg.epochs)
     if not svm_at:
         raise TrainerError("--svm-epochs none: q6 reports NN+SVM, choose at least one epoch (e.g. 0,last)")
+    ckpt = checkpoint.Checkpointer(cfg.out, identity(cfg), cfg.resume, report.say)
     run = report.Run(Path(cfg.out))
+    done = dict((ckpt.state or {}).get("done") or {})
+    if ckpt.state:
+        run.restore(ckpt.state["records"])
     conditions, texts = {}, []
     for dataset, label in (("mnist", "mnist"), ("15scene", "scene")):
-        data = load(configs[dataset], dataset)
-        result = train(configs[dataset], data, run, svm_at, label)
-        result["config"] = _config(configs[dataset])
+        if label in done:  # trained before the interruption: its figures are in the checkpoint
+            result = {**done[label], "epochs": [r for r in run.records if r["job"] == label]}
+        else:
+            data = load(configs[dataset], dataset)
+            result = train(configs[dataset], data, run, svm_at, label, ckpt, done)
+            result["config"] = _config(configs[dataset])
+            done[label] = {k: v for k, v in result.items() if k != "epochs"}
         texts += [condition_report(f"NN on {PRETTY[dataset]}", result, False),
                   condition_report(f"NN+SVM on {PRETTY[dataset]}", result, True)]
         result.pop("epochs")
@@ -257,6 +295,7 @@ def run_q6(cfg: Config) -> dict:
     return run.summary({"job": "q6", "mode": cfg.mode, "seed": cfg.seed, "config": _config(cfg),
                         "best_test_accuracy": max(best.values()), "conditions_best": best,
                         "datasets": conditions, "report": text,
+                        "checkpoint": ckpt.summary(float(np.median([r["seconds"] for r in run.records]))),
                         "note": "NN and NN+SVM share one trained network per dataset; the SVM figures "
                                 "come from fits on its logits after the listed epochs"})
 
