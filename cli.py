@@ -120,12 +120,32 @@ def gpus(ctx):
 @click.option("--detach", is_flag=True, help="Return once the job runs; reattach with `logs --follow`.")
 @click.option("--dry-run", is_flag=True, help="Show the VM, the sync and the command; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before a VM that may cost more than $25.")
+@click.option("--spot", is_flag=True, help="A Spot VM (60-91% cheaper; may be preempted: recovered, see --recover).")
+@click.option("--recover", type=int, metavar="N", help="On preemption or VM loss, resume on a new VM from the last "
+              "checkpoint, up to N times (default 3 for spot, else 0).")
+@click.option("--fallback", metavar="on-demand", help="A spot run with no spot capacity in any zone uses on-demand.")
 @pass_ctx
-def run(ctx, job, vm, overrides, keep, detach, dry_run, yes):
+def run(ctx, job, vm, overrides, keep, detach, dry_run, yes, spot, recover, fallback):
     """Run JOB on a VM: provision, sync, run, stream logs, summarise, tear down."""
     from jobs.commands import run as command
 
-    command(ctx.settings, job=job, vm=vm, overrides=overrides, keep=keep, detach=detach, dry_run=dry_run, yes=yes)
+    command(ctx.settings, job=job, vm=vm, overrides=overrides, keep=keep, detach=detach, dry_run=dry_run, yes=yes,
+            spot=spot, recover=recover, fallback=fallback)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN|latest")
+@click.option("--vm", metavar="VM", help="Resume on this VM (left running) instead of a new one.")
+@click.option("--recover", type=int, metavar="N", help="Recoveries allowed from here (default 3 for spot, else 0).")
+@click.option("--fallback", metavar="on-demand", help="No spot capacity in any zone: use on-demand.")
+@click.option("--dry-run", is_flag=True, help="Show what would resume, from which checkpoint; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before a VM that may cost more than $25.")
+@pass_ctx
+def resume(ctx, run_id, vm, recover, fallback, dry_run, yes):
+    """Continue a preempted, lost or cancelled run from its last checkpoint (same run id)."""
+    from jobs.commands import resume as command
+
+    command(ctx.settings, run_id=run_id, vm=vm, recover=recover, fallback=fallback, dry_run=dry_run, yes=yes)
 
 
 @main.command()

@@ -43,6 +43,11 @@ class CloudError(FerryError):
     exit_code = 3
 
 
+class NoCapacity(CloudError):
+    """No zone tried could create the VM (stockouts, quota): `run --fallback on-demand` may
+    then try on-demand instead of spot."""
+
+
 class Interrupted(FerryError):
     """Cancelled by a signal: exit 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from infra import catalog, interrupts, keys, render, state, templates
 from infra.deletion import Proof, delete, delete_many  # noqa: F401  (re-exported: one deletion path)
-from infra.errors import CloudError, UsageError
+from infra.errors import CloudError, NoCapacity, UsageError
 from infra.operations import FATAL, REGION, Failure, from_exception, is_timeout, wait
 from infra.settings import Settings, owner
 from infra.times import parse_time
@@ -359,7 +359,7 @@ class _Creation:
                 if failure.zones_available:
                     hinted = [z for z in failure.zones_available if z in queue]
                     queue = hinted + [z for z in queue if z not in hinted]
-        raise CloudError(f"could not create {name} ({what}) in any zone tried: " + "; ".join(tried or ["no zone offers it"]),
+        raise NoCapacity(f"could not create {name} ({what}) in any zone tried: " + "; ".join(tried or ["no zone offers it"]),
                          hint="try another --gpu or --zone, --spot, or later")
 
     def exists_meanwhile(self) -> Vm:

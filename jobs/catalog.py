@@ -12,6 +12,11 @@ anything is created: `int`, `float` (finite), `str` (optionally a `pattern`), `b
 `choice`, and `epoch-list` (none, all, last, or indices like 0,last, each below the job's
 `epochs`; `min_items`). `min`/`max` bound numbers; `requires: {param: value}` allows a value
 only with another parameter so set (e.g. a batch size only in minibatch mode).
+
+`resume: FLAG` says the job writes checkpoints into `{out}/checkpoints` (trainer/checkpoint.py)
+and continues from a folder of them given as `FLAG DIR`: a run preempted or lost on one VM
+then resumes on the next where it stopped (`run --spot`, `--recover N`, `resume RUN`).
+Without it a recovered run starts the job over.
 tests/jobs/test_catalog.py checks every built-in job against the trainer's own parser.
 """
 
@@ -51,6 +56,7 @@ class Job:
     template: str = "default"
     params: dict = field(default_factory=dict)  # name -> Param, in file order
     path: Path | None = None
+    resume: str | None = None  # the flag that continues the job from a checkpoints folder
 
     def defaults(self) -> dict:
         return {name: p.default for name, p in self.params.items()}
@@ -103,7 +109,16 @@ def _load(path: Path) -> Job:
         template=str(raw.get("template") or "default"),
         params=params,
         path=path,
+        resume=_resume_flag(path, raw.get("resume")),
     )
+
+
+def _resume_flag(path: Path, value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("-") or " " in value:
+        raise UsageError(f"{path}: resume must be the job's flag for a checkpoints folder, e.g. --resume")
+    return value
 
 
 def load_all(directory: Path = CATALOG_DIR) -> dict[str, Job]:

@@ -51,6 +51,12 @@ def run(settings, **options) -> None:
     launch.run(settings, **options)
 
 
+def resume(settings, **options) -> None:
+    from jobs import launch
+
+    launch.resume(settings, **options)
+
+
 # --------------------------------------------------------------------------- logs
 def _resolve_run(bucket, run_id: str) -> str:
     if run_id == "latest":

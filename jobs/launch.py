@@ -21,7 +21,7 @@ import click
 
 from infra import interrupts
 from infra.commands import CONFIRM_OVER_USD
-from infra.errors import CloudError, FerryError, Interrupted, JobFailed, UsageError, unknown
+from infra.errors import CloudError, FerryError, Interrupted, JobFailed, NoCapacity, UsageError, unknown
 from jobs import catalog, params
 from jobs import runs as records
 from jobs.common import bucket_of, say
@@ -36,6 +36,10 @@ HEARTBEAT_INTERVAL_S = 10.0
 RECONNECT_FOR_S = 60.0
 CANCEL_WAIT_S = 30.0
 PINNED_PROBE_S = 3.0  # SSH to a remembered VM: a dead address must not hold up the API path long
+RECOVERABLE = ("preempted", "lost")  # a run ended so may resume on a new VM
+RECOVER_SPOT_DEFAULT = 3
+RECOVER_MAX = 20
+FALLBACKS = ("on-demand",)
 
 
 def ferry_version() -> str:
@@ -104,8 +108,8 @@ def _gpu_text(vm) -> str | None:
     return f"{vm.gpu_count} x {vm.gpu}" if vm.gpu_count and vm.gpu_count > 1 else vm.gpu
 
 
-def _dry_run(settings, job, values, argv, vm_name, keep, run_id) -> None:
-    plan = None if vm_name else _plan(settings, job, run_id, keep)  # validates (zone, template) first
+def _dry_run(settings, job, values, argv, vm_name, keep, run_id, spot=None, recover=0, fallback=None) -> None:
+    plan = None if vm_name else _plan(settings, job, run_id, keep, spot)  # validates (zone, template) first
     click.echo(f"job:       {job.name} — {job.description}")
     click.echo("params:    " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
     click.echo(f"command:   {shlex.join(argv)}   (argv on the VM; no shell)")
@@ -125,6 +129,9 @@ def _dry_run(settings, job, values, argv, vm_name, keep, run_id) -> None:
     click.echo(f"cost:      at most {cost} (its {plan.max_hours:g} h limit)"
                + (f"; above ${CONFIRM_OVER_USD:g}: `run` asks first unless --yes" if asks else ""))
     click.echo(f"teardown:  {'kept (--keep)' if keep else 'a VM this run creates is deleted when the run ends (by the VM itself if nobody is attached)'}")
+    click.echo("recovery:  " + (f"up to {recover} time(s) on preemption or VM loss: a new VM resumes from the last checkpoint"
+                                + (", on demand if spot has no capacity (--fallback on-demand)" if fallback else "")
+                                if recover else "none (a preempted or lost run stops; `resume RUN` continues it)"))
     for call in plan.calls:
         click.echo(f"  {call}")
     click.echo("  instance body (instances.insert):")
@@ -142,10 +149,10 @@ def _run_metadata(settings, keep) -> dict | None:
     return {provision.RUN_BUCKET_KEY: settings.bucket, "ferry-idle-timeout": f"{pacing.idle_timeout_s:g}"}
 
 
-def _plan(settings, job, run_id, keep):
+def _plan(settings, job, run_id, keep, spot=None):
     from infra import provision
 
-    return provision.plan(settings, template=job.template, name=_vm_name(run_id),
+    return provision.plan(settings, template=job.template, name=_vm_name(run_id), spot=spot,
                           labels=None if keep else {"ferry-run": run_id}, metadata=_run_metadata(settings, keep))
 
 
@@ -164,9 +171,16 @@ class Session:
         self.remote = None
         self.runner_started = False
         self.handed_over = False   # detached: the runner ends the VM
-        self.offset = 0
+        self.offset = 0            # bytes of the VM's output.log followed so far
+        self.printed = 0           # bytes of the run's log written to stdout
         self.t0 = time.time()
         self.vm_t0 = None
+        self.segments: list[dict] = []  # the VMs the run ran on before this one (closed)
+        self.recoveries = 0
+        self.recover_budget = 0
+        self.continues = False          # this VM continues the run (recovery, `resume`)
+        self.retired: list[tuple] = []  # (VM, deleted?) of earlier segments
+        self._bucket_seen: dict = {}     # the newest status.json read from the bucket
         self.storage = Reachability(f"Cloud Storage (gs://{settings.bucket})", reattach_hint(run_id))
         self.compute_api = Reachability("the Compute Engine API", reattach_hint(run_id))
         self.manifest = {
@@ -182,7 +196,15 @@ class Session:
         records.put_json(self.bucket, self.prefix + "manifest.json", self.manifest, quick=True)
 
     def put_status(self, state: str, **fields) -> None:
+        """Our word on the run (the runner could not give its own): keeps what the runner last
+        said of the VMs it ran on, closing the last one when the run ends here."""
+        for key in ("segments", "gpu", "host", "started"):
+            if self._bucket_seen.get(key) is not None and key not in fields:
+                self.status[key] = self._bucket_seen[key]
         self.status.update(fields, state=state, heartbeat=records.iso())
+        segs = self.status.get("segments")
+        if state in records.FINAL and segs and not segs[-1].get("ended"):
+            segs[-1] = close_segment(dict(segs[-1]), state, records.iso())
         records.put_json(self.bucket, self.prefix + "status.json", self.status, quick=True)
 
     def bucket_status(self) -> dict | None:
@@ -196,6 +218,8 @@ class Session:
             self.storage.failed(exc)
             return None
         self.storage.ok()
+        if st:
+            self._bucket_seen = st
         return st
 
     # the VM ---------------------------------------------------------------
@@ -216,15 +240,118 @@ class Session:
                              spot=vm.spot, price_per_hour=vm.price_per_hour, vm_created_by_run=bool(self.owned),
                              vm_id=vm.id or self.manifest.get("vm_id"))
 
+    def segment_info(self) -> dict:
+        """This VM's part of the run, as the runner records it in status.json's segments."""
+        from datetime import datetime, timezone
+
+        vm = self.vm
+        return {"index": len(self.segments), "vm": vm.name, "zone": vm.zone, "spot": bool(vm.spot),
+                "machine_type": vm.machine_type, "gpu": _gpu_text(vm), "price_per_hour": vm.price_per_hour,
+                "on_demand_per_hour": _on_demand_price(vm), "vm_created_by_run": bool(self.owned),
+                "vm_started": records.iso(datetime.fromtimestamp(self.vm_t0, timezone.utc))
+                if self.owned and self.vm_t0 else None}
+
+    def provision(self, spot: bool | None, fallback: str | None, keep: bool = False) -> None:
+        """A new VM for this run (segment N gets `ferry-RUN-ID-N+1`), connected. A spot VM
+        with no capacity in any zone is an on-demand one with `fallback`, said so."""
+        from infra import provision
+
+        self.vm_t0 = time.time()
+        say(f"provisioning a VM from template {self.job.template!r}" + (" (spot)" if spot else ""))
+        # A kept VM is the user's from the start, like one from `up`: no ferry-run label, so
+        # `cleanup` leaves it and later runs use it. A run's VM says where its record lives.
+        kw = dict(template=self.job.template, name=_vm_name(self.run_id, len(self.segments)),
+                  labels=None if keep else {"ferry-run": self.run_id}, metadata=_run_metadata(self.settings, keep),
+                  progress=say, on_insert=self.own)
+        try:
+            vm = provision.up(self.settings, spot=spot, **kw)
+        except NoCapacity as exc:
+            if fallback != "on-demand" or spot is False:
+                raise
+            say(f"no spot capacity: {exc}")
+            say("--fallback on-demand: creating an on-demand VM instead (it costs more)")
+            self.vm_t0 = time.time()
+            vm = provision.up(self.settings, spot=False, **kw)
+        say(f"VM {vm.name} up in {vm.zone} ({time.time() - self.vm_t0:.1f} s)")
+        self.set_vm(vm)
+        self.connect()
+
+    def catch_up(self) -> None:
+        """Between segments: write what the bucket's log has beyond what we printed; the next
+        VM's log starts with exactly these bytes, so its `follow` starts after them."""
+        try:
+            data = self.bucket.blob(self.prefix + "logs/output.log").download_as_bytes()
+        except Exception:
+            data = b""
+        if len(data) > self.printed:
+            _write_out(data[self.printed:])
+        self.printed = self.offset = len(data)
+
+    def recover(self, why: str, final: dict, setup_wait: bool, spot: bool | None, fallback: str | None) -> dict:
+        """The run was preempted or its VM lost: delete that VM (ours only), resume on a new
+        one from the newest checkpoint in the bucket -> the run's status when it ends again."""
+        self.recoveries += 1
+        self.segments = self._closed_segments(final, why)
+        old = self.vm
+        say(f"=== {why} on VM {old.name if old else '?'}; recovery {self.recoveries} of {self.recover_budget}: "
+            f"a new VM resumes the run from its last checkpoint ===")
+        self.catch_up()
+        with shielded("deleting the old VM first; please wait"):
+            if self.remote is not None:
+                self.remote.close()
+                self.remote = None
+            if self.owned:
+                self.retired.append((self.owned[0], _delete_vm(self)))
+                self.owned = None
+        self.vm, self.runner_started, self.continues = None, False, True
+        try:
+            self.provision(spot, fallback)
+            self.start(setup_wait)
+        except (KeyboardInterrupt, UsageError, NoCapacity):
+            raise
+        except Exception as exc:  # was the new VM taken back while we set it up?
+            state = self.vm_state() if (self.vm is not None or self.owned) else None
+            if state in (None, "RUNNING", "PROVISIONING", "STAGING"):
+                raise
+            message = f"VM {self.owned[0] if self.owned else self.vm.name} went away ({state}) while being set up"
+            say(f"{message} ({exc.__class__.__name__})")
+            st = {"state": "preempted" if (self.vm is None or self.vm.spot) else "lost", "message": message,
+                  "heartbeat": records.iso()}
+            if self.vm is not None:
+                st["segments"] = [*self.segments, self.segment_info()]
+            return st
+        return self.follow()
+
+    def _closed_segments(self, final: dict, why: str) -> list[dict]:
+        """The segments so far, the last one closed (the runner closes its own when it can)."""
+        st = self.bucket_status() or final or {}
+        segs = [dict(x) for x in (st.get("segments") or final.get("segments") or [])]
+        if not segs or segs[-1].get("index") != len(self.segments):
+            if self.vm is None:
+                return segs or list(self.segments)
+            segs = [*self.segments, self.segment_info()]  # its runner never wrote one
+        if not segs[-1].get("ended"):
+            segs[-1] = close_segment(segs[-1], why, st.get("heartbeat") or records.iso())
+        return segs
+
+    def recover_while(self, final: dict, setup_wait: bool, spot: bool | None, fallback: str | None) -> dict:
+        while records.effective_state(final) in RECOVERABLE and self.recoveries < self.recover_budget:
+            final = self.recover(records.effective_state(final), final, setup_wait, spot, fallback)
+        if records.effective_state(final) in RECOVERABLE and self.recover_budget:
+            say(f"no recoveries left (--recover {self.recover_budget}); "
+                f"`python cli.py resume {self.run_id}` continues it from its last checkpoint")
+        return final
+
     def vm_state(self) -> str | None:
         """The VM's status from the API ('GONE' when deleted), None when the API does not answer."""
         from google.api_core.exceptions import NotFound
 
         from infra import clients
 
+        name, zone = (self.vm.name, self.vm.zone) if self.vm is not None else self.owned[:2]
         try:
             compute = clients.compute(self.settings)
-            inst = compute.instances.get(project=compute.project, zone=self.vm.zone, instance=self.vm.name, timeout=10)
+            inst = compute.instances.get(project=compute.project, zone=zone, instance=name, timeout=10)
         except NotFound:
             self.compute_api.ok()
             return "GONE"
@@ -240,6 +367,8 @@ class Session:
         from jobs.remote import check
 
         self.put_status("syncing")
+        if self.manifest.get("code_hash"):  # a later segment: the same code, or no bit-identical resume
+            check_same_code(self.manifest["code_hash"], self.run_id)
         result = sync.sync(self.remote, warn=lambda m: say("warning: " + m))
         self.manifest["code_hash"] = result.code_hash
         self.manifest["sync"] = {"mode": result.mode, "files": result.files_sent, "bytes": result.bytes_sent}
@@ -257,6 +386,9 @@ class Session:
             # a VM this run created ends itself when the job ends, whether or not we are attached
             "self_delete": bool(self.owned) and not self.manifest.get("kept"),
             "compute_endpoint": ep["compute"],
+            "code_hash": result.code_hash, "resume_flag": self.job.resume,
+            "segment": self.segment_info(), "segments": self.segments,
+            "continue": self.continues,  # a later segment: continue the log, resume from a checkpoint
         }
         self.remote.write(f"{self.paths['run_dir']}/params.json", json.dumps(p, indent=2).encode())
         check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")
@@ -269,6 +401,7 @@ class Session:
         def on_data(data: bytes) -> None:
             _write_out(data)
             self.offset += len(data)
+            self.printed += len(data)
 
         while True:
             try:
@@ -377,7 +510,13 @@ class Session:
         self.manifest["ended"] = records.iso()
         self.manifest["wall_s"] = round(end - self.t0, 3)
         price = self.manifest.get("price_per_hour")
-        if isinstance(price, (int, float)):
+        segs = (self.bucket_status() or self.status).get("segments") or []
+        if self.recoveries or len(segs) > 1:
+            self.manifest["recoveries"] = max(self.recoveries, len(segs) - 1)
+        costs = [x.get("cost") for x in segs]
+        if len(segs) > 1 and all(isinstance(c, (int, float)) for c in costs):  # every VM the run ran on
+            self.manifest["cost_estimate"] = round(sum(costs), 6)
+        elif isinstance(price, (int, float)):
             if self.owned and self.vm_t0:
                 seconds = end - self.vm_t0
             else:
@@ -425,6 +564,18 @@ def _summary(session: Session, status: dict, deleted: bool | None) -> None:
     say(line)
     if st.get("message") and state != "succeeded":
         say(st["message"])
+    segs = st.get("segments") or []
+    if len(segs) > 1:
+        say(f"recovered {len(segs) - 1} time(s): " + "; ".join(
+            f"{x.get('vm')} ({x.get('zone')}, {'spot' if x.get('spot') else 'on demand'}) {x.get('ended_by') or '?'}"
+            for x in segs))
+        spent = [x.get("cost") for x in segs]
+        if all(isinstance(c, (int, float)) for c in spent):
+            od = [(x.get("on_demand_per_hour"), x.get("seconds")) for x in segs]
+            line = f"cost ≈ ${sum(spent):.4f} over {len(segs)} VMs"
+            if all(isinstance(p, (int, float)) and isinstance(t, (int, float)) for p, t in od):
+                line += f" (on demand ≈ ${sum(p * t / 3600 for p, t in od):.4f})"
+            say(line)
     say(f"results: gs://{session.settings.bucket}/{session.prefix}  (python cli.py pull {session.run_id})")
     cost = session.manifest.get("cost_estimate")
     vm = session.vm
@@ -452,24 +603,39 @@ def raise_for_state(state: str, st: dict, run_id: str) -> None:
     if state == "cancelled":
         raise Interrupted(f"run {run_id} cancelled")
     if state == "preempted":
-        raise CloudError(f"run {run_id}: the spot VM was preempted", hint="its log and metrics up to then are in the bucket; run it again")
+        raise CloudError(f"run {run_id}: the spot VM was preempted",
+                         hint=f"`python cli.py resume {run_id}` continues it from its last checkpoint")
     raise CloudError(f"run {run_id} is {state}" + (f": {st['message']}" if st.get("message") else ""),
                      hint=f"its log up to then is in the bucket: `python cli.py logs {run_id}`")
 
 
-def _confirm_cost(settings, job, run_id, keep, yes) -> None:
+def _confirm_cost(settings, job, run_id, keep, yes, spot=None) -> None:
     from infra.commands import CONFIRM_OVER_USD as limit
     from infra.commands import confirm
 
-    plan = _plan(settings, job, run_id, keep)
+    plan = _plan(settings, job, run_id, keep, spot)
     if plan.max_cost is not None and plan.max_cost > limit:
         confirm(f"run {job.name} on a new {plan.spec.gpu_label} VM ({plan.spec.machine_type}) at "
                 f"${plan.price_per_hour:.2f}/h may cost up to ${plan.max_cost:.2f} before its {plan.max_hours:g} h "
                 f"limit deletes it. Run it?", yes)
 
 
+def _recover_options(spec, spot: bool, recover: int | None, fallback: str | None) -> tuple[bool | None, int, str | None]:
+    """(spot for new VMs or None for the template's, recoveries allowed, fallback): --recover
+    defaults to 3 for a spot run (--spot or a spot template), else 0."""
+    if fallback is not None and fallback not in FALLBACKS:
+        raise UsageError(f"--fallback {fallback!r}: valid: {', '.join(FALLBACKS)}")
+    if recover is not None and not 0 <= recover <= RECOVER_MAX:
+        raise UsageError(f"--recover {recover}: must be from 0 to {RECOVER_MAX}")
+    is_spot = bool(spot or spec.spot)
+    if fallback and not is_spot:
+        raise UsageError("--fallback on-demand: only a spot run falls back", hint="add --spot")
+    return (True if spot else None), (recover if recover is not None else (RECOVER_SPOT_DEFAULT if is_spot else 0)), fallback
+
+
 def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool = False, detach: bool = False,
-        dry_run: bool = False, yes: bool = False) -> None:
+        dry_run: bool = False, yes: bool = False, spot: bool = False, recover: int | None = None,
+        fallback: str | None = None) -> None:
     from infra import templates
 
     j = catalog.get(job)
@@ -478,15 +644,16 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
     argv = params.argv(j, values, run_paths(run_id))
     if vm:
         templates.check_vm_name(vm)
-    spec = templates.load(j.template)  # validated before anything is created
+    spec = templates.load(j.template, spot=True if spot else None)  # validated before anything is created
+    spot, budget, fallback = _recover_options(spec, spot, recover, fallback)
     if dry_run:
-        _dry_run(settings, j, values, argv, vm, keep, run_id)
+        _dry_run(settings, j, values, argv, vm, keep, run_id, spot, budget, fallback)
         return
     setup_wait = SETUP_MARKER in (spec.startup_script or "")
 
     chosen = _choose_vm(settings, vm)  # read-only: a bad --vm is exit 2 before any record is written
     if chosen is None:
-        _confirm_cost(settings, j, run_id, keep, yes)
+        _confirm_cost(settings, j, run_id, keep, yes, spot)
     bucket = bucket_of(settings)
     from jobs import datasets
 
@@ -496,36 +663,42 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
 
     session = Session(settings, j, values, argv, run_id, bucket)
     session.manifest["kept"] = bool(keep)
+    session.manifest["recover"] = session.recover_budget = 0 if detach else budget
+    changed = [f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v]
+    say(f"run {run_id}: {' '.join([j.name, *changed])}")
+    _drive(session, chosen, keep=keep, detach=detach, setup_wait=setup_wait, spot=spot, fallback=fallback,
+           detached_budget=budget if detach else 0)
+
+
+def _drive(session: Session, chosen, *, keep: bool, detach: bool, setup_wait: bool, spot, fallback,
+           detached_budget: int = 0) -> None:
+    """From the first record to the last: a VM (the one given, or a new one), the runner, the
+    output followed, recoveries, and the VMs this run created deleted on every way out."""
+    run_id = session.run_id
     final: dict | None = None
     deleted = None
     try:
-        changed = [f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v]
-        say(f"run {run_id}: {' '.join([j.name, *changed])}")
         session.put_manifest()
         session.put_status("provisioning")
         if chosen is None:
-            from infra import provision
-
-            session.vm_t0 = time.time()
-            say(f"provisioning a VM from template {j.template!r}")
-            # A kept VM is the user's from the start, like one from `up`: no ferry-run label, so
-            # `cleanup` leaves it and later runs use it. A run's VM says where its record lives.
-            chosen = provision.up(settings, template=j.template, name=_vm_name(run_id),
-                                  labels=None if keep else {"ferry-run": run_id},
-                                  metadata=_run_metadata(settings, keep), progress=say, on_insert=session.own)
-            say(f"VM {chosen.name} up in {chosen.zone} ({time.time() - session.vm_t0:.1f} s)")
+            session.provision(spot, fallback, keep=keep)
         else:
             say(f"using VM {chosen.name} in {chosen.zone}")
-        session.set_vm(chosen)
-        session.connect()
+            session.set_vm(chosen)
+            session.connect()
         session.start(setup_wait)
         if detach:
             session.handed_over = True
-            say(f"started {run_id} on {chosen.name}; follow it with `python cli.py logs {run_id} --follow`"
+            vm = session.vm
+            say(f"started {run_id} on {vm.name}; follow it with `python cli.py logs {run_id} --follow`"
                 + ("; the VM deletes itself when the job ends" if session.owned and not keep else ""))
+            if detached_budget:
+                say(f"note: a detached run is not recovered (--recover {detached_budget} applies only while `run` "
+                    f"follows it): if it is preempted, `python cli.py resume {run_id}` continues it from its last checkpoint")
             session.put_manifest()
             return
         final = session.follow()
+        final = session.recover_while(final, setup_wait, spot, fallback)
     except KeyboardInterrupt:
         with shielded("cancelling the job and deleting the VM first; please wait"):
             try:
@@ -565,9 +738,48 @@ def _teardown(session: Session, keep: bool) -> bool | None:
     return deleted
 
 
-def _vm_name(run_id: str) -> str:
-    name = f"ferry-{run_id}"[:63].rstrip("-")
-    return name
+def _vm_name(run_id: str, segment: int = 0) -> str:
+    """The VM of a run's first segment is ferry-RUN-ID; a recovered run's next ones -2, -3, ..."""
+    tail = f"-{segment + 1}" if segment else ""
+    return f"ferry-{run_id}"[:63 - len(tail)].rstrip("-") + tail
+
+
+def close_segment(seg: dict, why: str, ended: str) -> dict:
+    """A segment ended: when, why, and what it cost (from its VM's creation when ours)."""
+    from infra.times import parse_time
+
+    seg.update(ended=ended, ended_by=why)
+    price = seg.get("price_per_hour")
+    since, end = parse_time(seg.get("vm_started") or seg.get("started")), parse_time(ended)
+    if isinstance(price, (int, float)) and since and end:
+        seg["seconds"] = round(max(0.0, (end - since).total_seconds()), 3)
+        seg["cost"] = round(price * seg["seconds"] / 3600, 6)
+    return seg
+
+
+def _on_demand_price(vm) -> float | None:
+    """What the same VM costs on demand (the figure a spot run's savings are measured by)."""
+    if not vm.spot:
+        return vm.price_per_hour
+    from infra import catalog
+
+    cat = catalog.load()
+    try:
+        gpu = cat.find(vm.gpu) if vm.gpu else None
+    except Exception:
+        return None
+    return cat.price(gpu, vm.gpu_count or (1 if gpu else 0), vm.machine_type, False)
+
+
+def check_same_code(run_hash: str, run_id: str) -> None:
+    """A run resumes only with the code it started with (else it would not finish as it would
+    have uninterrupted): refuse, naming both hashes, when trainer/ or the runner changed."""
+    from jobs import sync
+
+    now = sync.code_hash(sync.manifest(sync.local_files()))
+    if now != run_hash:
+        raise UsageError(f"run {run_id} ran code {run_hash}; the code here is now {now}",
+                         hint="restore the code the run started with (e.g. git stash), or start a new run")
 
 
 def _record_failure(session: Session, exc: BaseException) -> None:
@@ -596,3 +808,112 @@ def _delete_vm(session: Session) -> bool:
         say(f"warning: could not delete VM {name} ({reason(exc)}); delete it with `python cli.py down {name}` "
             "(or `python cli.py cleanup`)")
         return False
+
+
+# --------------------------------------------------------------------------- resume
+RESUMABLE = ("preempted", "lost", "cancelled")
+
+
+def newest_checkpoint(bucket, run_id: str, manifest: dict, job) -> tuple[str, dict]:
+    """(name, meta) of the newest whole checkpoint of the run in the bucket, checked against
+    the run (the code it ran, its parameters); falls back past a corrupt one, saying so."""
+    import io
+
+    from trainer import checkpoint
+    from trainer.errors import TrainerError
+
+    if not job.resume:
+        raise UsageError(f"job {job.name} writes no checkpoints: run {run_id} cannot be resumed",
+                         hint=f"run it again: `python cli.py run {job.name}`")
+    folder = records.prefix(run_id) + "checkpoints/"
+    blobs = sorted((b for b in bucket.list_blobs(prefix=folder) if checkpoint.PATTERN.match(b.name[len(folder):])),
+                   key=lambda b: b.name, reverse=True)
+    if not blobs:
+        raise UsageError(f"run {run_id} has no checkpoint: it stopped before its first epoch ended",
+                         hint=f"run it again: `python cli.py run {job.name}`")
+    for i, blob in enumerate(blobs):
+        name = blob.name[len(folder):]
+        try:
+            meta = checkpoint.read_meta(io.BytesIO(blob.download_as_bytes()))
+        except TrainerError:
+            older = blobs[i + 1].name[len(folder):] if i + 1 < len(blobs) else None
+            say(f"warning: checkpoint {name} is corrupt; " + (f"falling back to {older}" if older else "no older one"))
+            continue
+        ident = meta.get("identity") or {}
+        ran, wrote = manifest.get("code_hash"), ident.get("code_hash")
+        if ran and wrote and ran != wrote:
+            raise UsageError(f"checkpoint {name} was written by code {wrote}, but run {run_id} ran code {ran}",
+                             hint="it is not this run's checkpoint; nothing was changed")
+        saved = ident.get("params") or {}
+        diffs = [f"{k}={saved[k]!r} (checkpoint) vs {k}={v!r} (run)" for k, v in sorted((manifest.get("params") or {}).items())
+                 if v is not None and k in saved and saved[k] != v]
+        if diffs:
+            raise UsageError(f"checkpoint {name} was written with other parameters than run {run_id}: {'; '.join(diffs)}",
+                             hint="it is not this run's checkpoint; nothing was changed")
+        return name, meta
+    raise UsageError(f"every checkpoint of run {run_id} is corrupt", hint=f"run it again: `python cli.py run {job.name}`")
+
+
+def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None = None, fallback: str | None = None,
+           dry_run: bool = False, yes: bool = False) -> None:
+    """Continue a preempted, lost or cancelled run from its newest checkpoint, on a new VM (or
+    --vm): the same run id, its log continued, a new segment in status.json."""
+    from infra import templates
+    from jobs import datasets
+    from jobs.commands import _resolve_run
+
+    if vm:
+        templates.check_vm_name(vm)
+    bucket = bucket_of(settings)
+    run_id = _resolve_run(bucket, run_id)
+    manifest = records.get_json(bucket, records.prefix(run_id) + "manifest.json")
+    status = records.get_json(bucket, records.prefix(run_id) + "status.json") or {}
+    if not manifest or not manifest.get("job") or not manifest.get("argv"):
+        raise UsageError(f"run {run_id} has no usable manifest.json: it cannot be resumed")
+    state = records.effective_state(status)
+    if state in ("succeeded", "failed"):
+        raise UsageError(f"run {run_id} {state}: a finished run cannot be resumed",
+                         hint=f"start a new one: `python cli.py run {manifest['job']}`")
+    if state not in RESUMABLE:
+        raise UsageError(f"run {run_id} is {state}, not stopped", hint=f"follow it: `python cli.py logs {run_id} --follow`")
+    j = catalog.get(manifest["job"])
+    name, meta = newest_checkpoint(bucket, run_id, manifest, j)
+    if manifest.get("code_hash"):
+        check_same_code(manifest["code_hash"], run_id)
+    was_spot = bool(manifest.get("spot"))
+    spec = templates.load(j.template, spot=True if was_spot else None)
+    spot, budget, fallback = _recover_options(spec, was_spot, recover, fallback)
+    epoch = ((meta.get("state") or {}).get("current") or meta.get("state") or {}).get("epoch")
+    where = f"VM {vm}" if vm else f"a new {'spot' if spec.spot else 'on-demand'} VM from template {j.template!r}"
+    say(f"resume {run_id} ({state}): from checkpoint {name}" + (f" (epoch {epoch} done)" if epoch is not None else "")
+        + f" on {where}")
+    if dry_run:
+        click.echo("dry run: nothing was created, changed or deleted")
+        return
+    setup_wait = SETUP_MARKER in (spec.startup_script or "")
+    chosen = _choose_vm(settings, vm) if vm else None
+    if chosen is None:
+        _confirm_cost(settings, j, run_id, False, yes, spot)
+    for ds in j.datasets:
+        datasets.ensure(bucket, ds, settings.home, progress=say)
+    interrupts.check()
+
+    session = Session(settings, j, manifest.get("params") or {}, list(manifest["argv"]), run_id, bucket)
+    session.manifest = {**manifest, "resumed": [*(manifest.get("resumed") or []), records.iso()], "kept": False}
+    session._bucket_seen = status
+    session.status.update({k: status[k] for k in ("started", "gpu") if status.get(k)})
+    segs = [dict(x) for x in status.get("segments") or []]
+    if segs and not segs[-1].get("ended"):
+        segs[-1] = close_segment(segs[-1], state, status.get("heartbeat") or records.iso())
+    session.segments = segs
+    session.status["segments"] = segs
+    session._bucket_seen = {**status, "segments": segs}
+    try:  # the log so far is in the bucket (`logs RUN`): print only what is new
+        log = bucket.blob(session.prefix + "logs/output.log")
+        log.reload()
+        session.printed = session.offset = int(log.size or 0)
+    except Exception:
+        pass
+    session.recover_budget = session.manifest["recover"] = budget
+    session.continues = True
+    _drive(session, chosen, keep=False, detach=False, setup_wait=setup_wait, spot=spot, fallback=fallback)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -177,6 +178,9 @@ def gpu_name() -> str | None:
 # --------------------------------------------------------------------------- the bucket
 GROWING = ("logs/output.log", "metrics.jsonl")  # files that only grow: appended, never re-sent
 CHUNKS = ".chunks/"  # under the run's folder: new bytes on their way into a growing object
+CHECKPOINTS = "checkpoints/"  # OUT/checkpoints/ckpt-NNNNNN.ckpt -> gs://.../runs/RUN_ID/checkpoints/
+CHECKPOINT_NAME = re.compile(r"^ckpt-\d{6,}\.ckpt$")  # trainer/checkpoint.py's names (temporaries start with .)
+RESUME_KEEP = 3  # a resumed segment fetches the newest few: the trainer falls back past a torn one
 
 
 class Uploader:
@@ -213,16 +217,18 @@ class Uploader:
     def _count(self, name: str, n: int) -> None:
         self.sent[name] = self.sent.get(name, 0) + n
 
-    def put_file(self, path: Path, name: str, content_type: str, force: bool = False) -> bool:
+    def put_file(self, path: Path, name: str, content_type: str, force: bool = False, upto: int | None = None) -> bool:
+        """Upload PATH as NAME if it changed; a growing file only up to byte `upto` (a size
+        taken before the checkpoints went up: see sync)."""
         try:
             st = path.stat()
         except FileNotFoundError:
             return False
-        key = (st.st_size, st.st_mtime_ns)
+        key = (st.st_size, st.st_mtime_ns) if upto is None or upto >= st.st_size else (upto, None)
         if not force and self._seen.get(name) == key:
             return False
         if name in GROWING:
-            self._append(path, name, content_type, st.st_size, force)
+            self._append(path, name, content_type, key[0], force)
         else:
             data = path.read_bytes()  # a consistent snapshot: the job may be appending
             self.bucket().blob(self.prefix + name).upload_from_string(data, content_type=content_type)
@@ -267,16 +273,50 @@ class Uploader:
         blob.upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json",
                                 **extra)
 
-    def sync(self, run_dir: Path, force: bool = False) -> int:
-        """Log, metrics, summary and artifacts; returns how many objects were written."""
+    def continue_growing(self, name: str, size: int, generation) -> None:
+        """A resumed segment: the object NAME holds the first `size` bytes of our local file."""
+        self._grown[name] = {"bytes": size, "generation": generation, "chunks": 0}
+
+    def sync_checkpoints(self, run_dir: Path) -> int:
+        """Every new whole checkpoint of the job, oldest first -> how many went up."""
+        folder = run_dir / "out" / "checkpoints"
+        if not folder.is_dir():
+            return 0
         sent = 0
-        sent += self.put_file(run_dir / "output.log", "logs/output.log", "text/plain; charset=utf-8", force)
+        for path in sorted(p for p in folder.iterdir() if CHECKPOINT_NAME.match(p.name)):
+            sent += self.put_file(path, CHECKPOINTS + path.name, "application/zip")
+        return sent
+
+    def mark_sent(self, path: Path, name: str) -> None:
+        """`name` is already in the bucket as `path` is (e.g. a checkpoint fetched from there)."""
+        st = path.stat()
+        self._seen[name] = (st.st_size, st.st_mtime_ns)
+
+    def sync(self, run_dir: Path, force: bool = False) -> int:
+        """Checkpoints, then log, metrics, summary and artifacts -> how many objects were written.
+
+        The log and the metrics go up only to the sizes they had before the checkpoints did: a
+        job writes an epoch's checkpoint before its line and metrics, so the bucket never shows
+        an epoch done whose checkpoint it lacks, and a run resumed from the bucket's newest
+        checkpoint neither repeats nor misses a line."""
         out = run_dir / "out"
+        sizes = {}
+        for name, path in (("logs/output.log", run_dir / "output.log"), ("metrics.jsonl", out / "metrics.jsonl")):
+            try:
+                sizes[name] = path.stat().st_size
+            except OSError:
+                pass
+        sent = self.sync_checkpoints(run_dir)
+        sent += self.put_file(run_dir / "output.log", "logs/output.log", "text/plain; charset=utf-8", force,
+                              upto=sizes.get("logs/output.log"))
         if out.is_dir():
             for path in sorted(p for p in out.rglob("*") if p.is_file()):
                 rel = path.relative_to(out).as_posix()
+                if rel.startswith(CHECKPOINTS):
+                    continue
                 if rel == "metrics.jsonl":
-                    sent += self.put_file(path, "metrics.jsonl", "application/x-ndjson", force)
+                    sent += self.put_file(path, "metrics.jsonl", "application/x-ndjson", force,
+                                          upto=sizes.get("metrics.jsonl"))
                 elif rel == "summary.json":
                     sent += self.put_file(path, "summary.json", "application/json", force)
                 else:
@@ -353,6 +393,12 @@ class Runner:
             "pid": os.getpid(),
             "message": None,
         }
+        # Every VM the run ran on, in order (a recovered run keeps its id): the earlier ones
+        # come closed from `ferry run`/`resume`, this one is closed when the runner ends.
+        self.segment = {**(self.params.get("segment") or {}), "started": now_iso(), "host": socket.gethostname()}
+        self.segment.setdefault("index", len(self.params.get("segments") or []))
+        self.status["segments"] = [*(self.params.get("segments") or []), self.segment]
+        self.resume_dir = None
         self._last_status_upload = 0.0
 
     # messages of the runner itself: runner.log always; output.log (prefixed) outside the job
@@ -496,6 +542,8 @@ class Runner:
                 state, bucket_ok = "failed", False
                 self.say(f"error: {message}")
             else:
+                if self.params.get("continue"):
+                    self.continue_log()
                 message = self.wait_setup()
                 if message is not None:
                     state = "cancelled" if self.stop_requested.is_set() else "failed"
@@ -504,6 +552,8 @@ class Runner:
             if state is None:
                 self.status["gpu"] = gpu_name() or self.params.get("gpu")
                 self.stage()
+                if self.params.get("continue"):
+                    self.fetch_checkpoints()
             if state is None and (self.stop_requested.is_set() or self.preempted.is_set()):
                 state = self._stopped_state()
             if state is None:
@@ -523,6 +573,7 @@ class Runner:
                        "lost": "the VM shut down under the job (deleted, stopped or rebooted)"}[state]
             self.say(f"{state}; the job was stopped" if state != "lost" else f"{message}; the job was stopped")
         self.status.update(state=state, exit_code=exit_code, ended=now_iso(), message=message)
+        self.close_segment(state)
         if bucket_ok:
             self.flush(final=True)
             self.status["uploaded_bytes"] = dict(self.uploader.sent)  # what the run cost in uploads
@@ -540,6 +591,63 @@ class Runner:
         if self.params.get("self_delete"):
             self.end_vm()
         return 0
+
+    # ------------------------------------------------------------------ a recovered run
+    def continue_log(self) -> None:
+        """A later segment of a run (after a preemption or a lost VM): the bucket's log so far
+        becomes the start of ours, in place (a `follow` from its size sees only what is new)."""
+        bucket = self.uploader.bucket()
+        prefix = f"runs/{self.run_id}/"
+        blob = bucket.blob(prefix + "logs/output.log")
+        try:
+            before = blob.download_as_bytes()
+            generation = blob.generation
+        except Exception as exc:  # NotFound: the earlier segment never got a line out
+            self.note(f"no earlier log ({exc.__class__.__name__})")
+            before, generation = b"", None
+        with open(self.log_path, "r+b") as f:  # in place: an attached follow keeps reading this file
+            mine = f.read()
+            f.seek(0)
+            f.write(before + mine)
+        if generation is not None and not mine:
+            self.uploader.continue_growing("logs/output.log", len(before), generation)
+
+    def fetch_checkpoints(self) -> None:
+        """The newest checkpoints in the bucket, for the job to resume from (none: it starts
+        over, and says so)."""
+        bucket = self.uploader.bucket()
+        prefix = f"runs/{self.run_id}/"
+        seg = self.segment
+        where = f"VM {seg.get('vm') or socket.gethostname()}" + (f" in {seg['zone']}" if seg.get("zone") else "")
+        flag = self.params.get("resume_flag")
+        names = sorted((b.name for b in bucket.list_blobs(prefix=prefix + CHECKPOINTS)
+                        if CHECKPOINT_NAME.match(b.name.rsplit("/", 1)[-1])), reverse=True)
+        if not flag or not names:
+            seg["resumed_from"] = None
+            why = "the job writes no checkpoints" if not flag else "no checkpoint was saved before the interruption"
+            self.say(f"=== segment {seg['index'] + 1}: {where}; {why}: the job starts over ===")
+            return
+        folder = self.run_dir / "out" / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names[:RESUME_KEEP]:
+            dest = folder / name.rsplit("/", 1)[-1]
+            tmp = dest.with_name("." + dest.name + ".part")
+            bucket.blob(name).download_to_filename(str(tmp))
+            os.replace(tmp, dest)
+            self.uploader.mark_sent(dest, CHECKPOINTS + dest.name)
+        newest = names[0].rsplit("/", 1)[-1]
+        seg["resumed_from"] = newest
+        self.resume_dir = folder
+        self.say(f"=== segment {seg['index'] + 1}: {where}; resuming from checkpoint {newest} ===")
+
+    def close_segment(self, state: str | None) -> None:
+        seg = self.segment
+        seg.update(ended=now_iso(), ended_by=state)
+        price, since = seg.get("price_per_hour"), seg.get("vm_started") or seg.get("started")
+        if isinstance(price, (int, float)) and since:
+            seconds = max(0.0, time.time() - _parse_iso(since))
+            seg["seconds"] = round(seconds, 3)
+            seg["cost"] = round(price * seconds / 3600, 6)
 
     def _stopped_state(self) -> str:
         """Why the job is being stopped: preempted (the metadata server says so), cancelled
@@ -615,6 +723,10 @@ class Runner:
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("MPLBACKEND", "Agg")
         env["FERRY_RUN_ID"] = self.run_id
+        if self.params.get("code_hash"):
+            env["FERRY_CODE_HASH"] = str(self.params["code_hash"])  # a checkpoint records the code it came from
+        if self.resume_dir is not None:
+            argv += [str(self.params["resume_flag"]), str(self.resume_dir)]
         env["FERRY_DATA_DIR"] = str(Path(self.params.get("data_dir", "ferry/data")).resolve())
         log = open(self.log_path, "ab", buffering=0)
         try:
@@ -644,12 +756,21 @@ class Runner:
                     return self._stopped_state(), rc
                 return ("succeeded" if rc == 0 else "failed"), rc
             if self.preempted.is_set() or self.stop_requested.is_set():
+                if self.preempted.is_set():  # ~30 s left: the newest checkpoint goes out first
+                    try:
+                        self.uploader.sync_checkpoints(self.run_dir)
+                    except Exception as exc:
+                        self.note(f"checkpoint upload failed: {exc.__class__.__name__}: {exc}")
                 self.stop_job(proc)
                 return self._stopped_state(), proc.returncode
             self.flush()
             self.write_status(upload=False)
             self.wake.wait(self.upload_interval)
             self.wake.clear()
+
+
+def _parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _killed_by_signal(rc: int) -> bool:

@@ -77,14 +77,16 @@ def write(directory, step: int, meta: dict, arrays: dict | None = None, files: d
 
 
 def read_meta(path) -> dict:
-    """meta.json of a checkpoint (CRC-checked); raises TrainerError when torn or not one."""
+    """meta.json of a checkpoint (a path or a binary file object; CRC-checked); raises
+    TrainerError when torn or not one."""
+    label = Path(path).name if isinstance(path, (str, os.PathLike)) else "checkpoint"
     try:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("meta.json"))
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, EOFError) as exc:
-        raise TrainerError(f"checkpoint {Path(path).name} is corrupt ({_why(exc)})") from None
+        raise TrainerError(f"checkpoint {label} is corrupt ({_why(exc)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise TrainerError(f"checkpoint {Path(path).name} is not a {FORMAT} checkpoint")
+        raise TrainerError(f"checkpoint {label} is not a {FORMAT} checkpoint")
     return meta
 
 

@@ -4,17 +4,24 @@ on MNIST from our data directory instead of `tf.keras.datasets` (which downloads
 The tutorial's model, tf.data pipeline, GradientTape train step and test step under
 tf.function, Mean/SparseCategoricalAccuracy metrics reset each epoch, and its printout.
 TensorBoard event files go to OUT/tensorboard/{train,test}.
+
+Checkpoints (trainer/checkpoint.py): after every epoch, OUT/checkpoints/ckpt-NNNNNN.ckpt holds
+the model's and the optimizer's variables (a tf.train.Checkpoint, packed as the ferry
+checkpoint's files), the epoch and the records so far. `--resume DIR` restores the newest one
+and continues with the next epoch. Epoch e shuffles with its own seed (from --seed and e), so
+its order does not depend on how many epochs this process has run: with --deterministic (TF op
+determinism) a resumed run ends with the same weights and metrics as the run never interrupted.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
-from trainer import report
+from trainer import checkpoint, report
 from trainer.errors import TrainerError
 
 
@@ -33,6 +40,48 @@ class TFConfig:
     intra_threads: int | None = None   # default: the cores we may use
     inter_threads: int = 1
     jit: bool = False
+    resume: str | None = None          # a directory of checkpoints to continue from
+    deterministic: bool = False        # tf.config.experimental.enable_op_determinism()
+
+
+JOB = "tf-quickstart"
+# Where a run reads and writes, not what it computes: free to differ on --resume.
+NOT_IDENTITY = ("out", "data_dir", "cache_dir", "download", "resume")
+TF_PREFIX = "tf"  # the tf.train.Checkpoint's files: tf.index, tf.data-00000-of-00001
+
+
+def identity(cfg: TFConfig) -> dict:
+    params = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    return {"job": JOB, "params": params, "code_hash": checkpoint.code_hash()}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Epoch `epoch`'s shuffle seed: a function of the run's seed and the epoch alone."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def tf_checkpoint_files(tracked) -> dict[str, bytes]:
+    """`tracked` (a tf.train.Checkpoint) written to a temporary directory -> its files."""
+    with tempfile.TemporaryDirectory(prefix="ferry-tf-ckpt-") as tmp:
+        tracked.write(os.path.join(tmp, TF_PREFIX))
+        return {f.name: f.read_bytes() for f in sorted(Path(tmp).iterdir())}
+
+
+def restore_tf_checkpoint(tracked, files: dict[str, bytes], name: str) -> None:
+    """Every variable of `tracked` (already built) from a checkpoint's files, exactly."""
+    if not any(key.startswith(TF_PREFIX + ".index") for key in files):
+        raise TrainerError(f"checkpoint {name} has no TensorFlow variables (files: {sorted(files)})")
+    with tempfile.TemporaryDirectory(prefix="ferry-tf-ckpt-") as tmp:
+        for key, data in files.items():
+            (Path(tmp) / Path(key).name).write_bytes(data)
+        try:  # eager: the variables exist, so reading assigns them now, before tmp goes
+            tracked.read(os.path.join(tmp, TF_PREFIX)).assert_consumed()
+        except (AssertionError, ValueError) as exc:
+            text = " ".join(str(exc).split())
+            raise TrainerError(f"checkpoint {name} does not fit this model: "
+                               f"{text if len(text) < 200 else text[:197] + '...'}") from None
 
 
 def import_tensorflow(cfg: TFConfig):
@@ -75,6 +124,12 @@ def run(cfg: TFConfig) -> dict:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise TrainerError(f"--{name.replace('_', '-')} {v}: must be at least 1")
+    # Before any data, TensorFlow or --out's metrics.jsonl: a refused --resume costs nothing.
+    ckpt = checkpoint.Checkpointer(cfg.out, identity(cfg), resume=cfg.resume, say=report.say)
+    state = ckpt.state
+    if ckpt.resumed_from is not None and not (isinstance(state, dict) and isinstance(state.get("epoch"), int)
+                                              and isinstance(state.get("records"), list)):
+        raise TrainerError(f"--resume {cfg.resume}: {ckpt.resumed_from} has no epoch and records in its state")
     from trainer.datasets import cache, mnist, sources
 
     d = mnist.load(sources.data_root(cfg.data_dir), cfg.download, cache.cache_dir(cfg.cache_dir))
@@ -87,13 +142,22 @@ def run(cfg: TFConfig) -> dict:
     t0 = time.perf_counter()
     tf = import_tensorflow(cfg)
     tf.keras.utils.set_random_seed(cfg.seed)   # Python, numpy and TF together
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     device = device_name(tf)
     import_seconds = time.perf_counter() - t0  # import + runtime start-up
     run_ = report.Run(Path(cfg.out))
     report.say(f"[tf-quickstart] TensorFlow {tf.__version__} on {device}; {ntr} train / {nte} test, "
                f"batch {cfg.batch_size}, {cfg.epochs} epochs (import {import_seconds:.1f}s)")
 
-    train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(cfg.shuffle_buffer, seed=cfg.seed).batch(cfg.batch_size)
+    train_slices = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+
+    def train_ds(epoch: int):
+        # The tutorial's shuffle(10000).batch(32), with a seed of the epoch's own instead of
+        # one iterator reshuffling: epoch e sees the same order in a resumed process.
+        return train_slices.shuffle(cfg.shuffle_buffer, seed=epoch_seed(cfg.seed, epoch),
+                                    reshuffle_each_iteration=False).batch(cfg.batch_size)
+
     test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(cfg.batch_size)
 
     class MyModel(tf.keras.Model):
@@ -137,16 +201,28 @@ def run(cfg: TFConfig) -> dict:
         test_loss(t_loss)
         test_accuracy(labels, predictions)
 
+    tracked = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    start, tf_write_seconds = 0, []
+    if ckpt.resumed_from is not None:
+        model(x_train[:1])                          # create the variables, then overwrite them
+        optimizer.build(model.trainable_variables)
+        restore_tf_checkpoint(tracked, ckpt.files or {}, ckpt.resumed_from)
+        start = state["epoch"] + 1
+        run_.restore(state["records"])
+        left = (f"continuing with epoch {start + 1}" if start < cfg.epochs else "nothing left to train")
+        report.say(f"[tf-quickstart] resumed from {Path(cfg.resume) / ckpt.resumed_from}: "
+                   f"epoch {start} of {cfg.epochs} done, {left}")
+
     logs = Path(cfg.out) / "tensorboard"
     train_writer = tf.summary.create_file_writer(str(logs / "train"))
     test_writer = tf.summary.create_file_writer(str(logs / "test"))
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         train_loss.reset_state()
         train_accuracy.reset_state()
         test_loss.reset_state()
         test_accuracy.reset_state()
         t = time.perf_counter()
-        for images, labels in train_ds:
+        for images, labels in train_ds(epoch):
             train_step(images, labels)
         seconds = time.perf_counter() - t
         for test_images, test_labels in test_ds:
@@ -157,6 +233,14 @@ def run(cfg: TFConfig) -> dict:
                "examples_per_s": round(ntr / seconds, 1)}
         scalar(tf, train_writer, epoch, loss=rec["loss"], accuracy=rec["train_accuracy"])
         scalar(tf, test_writer, epoch, loss=rec["test_loss"], accuracy=rec["test_accuracy"])
+        train_writer.flush()
+        test_writer.flush()
+        # The checkpoint before the record: a run stopped between the two gets the record
+        # back from the checkpoint's state on --resume.
+        tw = time.perf_counter()
+        files = tf_checkpoint_files(tracked)
+        tf_write_seconds.append(time.perf_counter() - tw)
+        ckpt.save({"epoch": epoch, "records": [*run_.records, rec]}, files=files)
         # The tutorial's printout (epochs from 1), then our timing.
         run_.epoch(rec, f"Epoch {epoch + 1}, Loss: {rec['loss']}, Accuracy: {rec['train_accuracy'] * 100}, "
                         f"Test Loss: {rec['test_loss']}, Test Accuracy: {rec['test_accuracy'] * 100} "
@@ -164,6 +248,13 @@ def run(cfg: TFConfig) -> dict:
     train_writer.flush()
     test_writer.flush()
     best = max(run_.records, key=lambda r: r["test_accuracy"])
+    epoch_seconds = sorted(r["seconds"] for r in run_.records)[len(run_.records) // 2]
+    ckpt_summary = ckpt.summary(epoch_seconds)
+    if tf_write_seconds:  # save() times the ferry file; before it, the tf.train.Checkpoint's write
+        total = sorted(w + z for w, z in zip(tf_write_seconds, ckpt.seconds))[len(tf_write_seconds) // 2]
+        ckpt_summary.update(tf_write_median_seconds=round(sorted(tf_write_seconds)[len(tf_write_seconds) // 2], 6),
+                            total_median_seconds=round(total, 6),
+                            total_share_of_epoch=round(total / epoch_seconds, 5) if epoch_seconds else None)
     return run_.summary({
         "job": "tf-quickstart", "mode": "tutorial", "seed": cfg.seed, "config": asdict(cfg),
         "device": device, "gpu": device[4:] if device.startswith("GPU") else None,
@@ -175,4 +266,5 @@ def run(cfg: TFConfig) -> dict:
         "threads": {"inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "intra_op": tf.config.threading.get_intra_op_parallelism_threads()},
         "tensorboard": str(logs),
+        "checkpoint": ckpt_summary,
     })
