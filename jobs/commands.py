@@ -158,17 +158,23 @@ def runs(settings, job: str | None = None, limit: int = 20) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"runs in gs://{settings.bucket}/runs/", title_justify="left")
+    console = Console(width=max(120, Console().width))
+    # a run recovered onto new VMs (spot preemption): `succeeded ↻2` in its state cell
+    again = "↻" if console.encoding.startswith("utf") else "+"
+    table = Table(title=f"runs in gs://{settings.bucket}/runs/", title_justify="left",
+                  caption=f"{again}N: recovered N times onto a new VM" if any(r.get("recoveries") for r in rows) else None,
+                  caption_justify="left")
     for col in ("run", "job", "state", "started", "duration", "best acc.", "VM"):
-        table.add_column(col, no_wrap=col in ("run", "started"))
+        table.add_column(col, no_wrap=col in ("run", "started", "state"))
     colours = {"succeeded": "green", "failed": "red", "lost": "red", "preempted": "yellow", "cancelled": "yellow"}
     for r in rows:
         acc = f"{100 * r['best_accuracy']:.2f}%" if isinstance(r["best_accuracy"], (int, float)) else "-"
         state = r["state"]
         started = (r["started"] or "-").replace("T", " ")[:19]
-        table.add_row(r["run_id"], r["job"], f"[{colours.get(state, 'cyan')}]{state}[/]", started,
+        recovered = f" {again}{r['recoveries']}" if r.get("recoveries") else ""
+        table.add_row(r["run_id"], r["job"], f"[{colours.get(state, 'cyan')}]{state}[/]{recovered}", started,
                       _fmt_duration(r["duration_s"]), acc, r.get("vm") or "-")
-    Console(width=max(120, Console().width)).print(table)
+    console.print(table)
 
 
 # --------------------------------------------------------------------------- pull

@@ -389,6 +389,7 @@ class Session:
             "code_hash": result.code_hash, "resume_flag": self.job.resume,
             "segment": self.segment_info(), "segments": self.segments,
             "continue": self.continues,  # a later segment: continue the log, resume from a checkpoint
+            "run_started": (self.segments[0].get("started") if self.segments else None) or self._bucket_seen.get("started"),
         }
         self.remote.write(f"{self.paths['run_dir']}/params.json", json.dumps(p, indent=2).encode())
         check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")

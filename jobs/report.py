@@ -179,6 +179,92 @@ def _settings_lines(manifest: dict) -> list[tuple[str, str]]:
     return [(k, _num(v) if not isinstance(v, str) else v) for k, v in params.items() if v is not None]
 
 
+TIMELINE_HEADER = ("#", "VM", "zone", "kind", "start (UTC)", "end (UTC)", "duration", "ended by", "resumed from", "cost")
+
+
+def _when(value) -> str:
+    """A record's timestamp as `YYYY-mm-dd HH:MM:SS` (UTC), or — ."""
+    from datetime import timezone
+
+    from infra.times import parse_time
+
+    t = parse_time(value)
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "—"
+
+
+def _span(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _money(v) -> str:
+    return f"${v:.4f}" if isinstance(v, (int, float)) else "—"
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def timeline(status: dict, state: str) -> dict | None:
+    """The VMs a run ran on (status.json's `segments`: one per VM, a new one after each
+    preemption), one row each, and what they cost against the same time on demand. None for a
+    run on one on-demand VM, and for runs from before segments."""
+    from infra.times import parse_time
+
+    segs = [x for x in (status.get("segments") or []) if isinstance(x, dict)] if isinstance(status.get("segments"), list) else []
+    if not segs or (len(segs) == 1 and not segs[0].get("spot")):
+        return None
+    rows, costs, on_demand = [], [], []
+    for pos, seg in enumerate(segs):
+        start = seg.get("vm_started") or seg.get("started")  # billed from the VM's creation when ours
+        seconds = seg.get("seconds")
+        if not _is_num(seconds):
+            a, b = parse_time(start), parse_time(seg.get("ended"))
+            seconds = max(0.0, (b - a).total_seconds()) if a and b else None
+        ended_by = seg.get("ended_by")
+        if not ended_by and not seg.get("ended"):
+            ended_by = "(running)" if pos == len(segs) - 1 and state not in runs.FINAL else None
+        index = seg.get("index")
+        resumed = seg.get("resumed_from")
+        if resumed is None:
+            resumed = "from scratch" if "resumed_from" in seg and pos > 0 else "—"
+        spot = seg.get("spot")
+        rows.append([int(index) + 1 if _is_num(index) else pos + 1, seg.get("vm") or "—", seg.get("zone") or "—",
+                     "spot" if spot else ("on demand" if spot is not None else "—"), _when(start), _when(seg.get("ended")),
+                     _span(seconds), ended_by or "—", str(resumed), _money(seg.get("cost"))])
+        if _is_num(seg.get("cost")):
+            costs.append(seg["cost"])
+            od = seg.get("on_demand_per_hour")
+            on_demand.append(od * seconds / 3600 if _is_num(od) and _is_num(seconds) else None)
+    n = len(segs)
+    intro = f"The run ran on {n} VM{'s' if n != 1 else ''}" + (f" (recovered {n - 1} time{'s' if n != 2 else ''})." if n > 1 else ".")
+    out = {"header": list(TIMELINE_HEADER), "rows": rows, "intro": intro, "cost": None, "on_demand": None, "saving_pct": None}
+    if not costs:
+        out["cost_line"] = "Cost: — (no prices recorded for these VMs)."
+        return out
+    unpriced = n - len(costs)
+    cost = sum(costs)
+    line = f"Cost: {'at least ' if unpriced else ''}{_money(cost)} in all"
+    if all(x is not None for x in on_demand):  # the same VMs for the same seconds, on demand
+        od_cost = sum(on_demand)
+        saving = 100 * (1 - cost / od_cost) if od_cost > 0 else None
+        out.update(on_demand=od_cost, saving_pct=saving)
+        line += f"; the same time on demand: {_money(od_cost)}"
+        if saving is not None:
+            line += f" (saved {saving:.1f}%)" if saving >= 0 else f" ({-saving:.1f}% more than on demand)"
+    else:
+        line += "; on-demand price not recorded, no comparison"
+    if unpriced:
+        line += f"; {unpriced} VM{'s' if unpriced != 1 else ''} without a price not counted"
+    out.update(cost=cost, cost_line=line + ".")
+    return out
+
+
 def build(run_dir: Path) -> dict:
     """Everything the report shows, as plain data (Markdown and HTML render from this)."""
     d = load(run_dir)
@@ -187,6 +273,10 @@ def build(run_dir: Path) -> dict:
     dur = runs.duration_s(st, m)
     price = m.get("price_per_hour")
     cost = price * dur / 3600 if isinstance(price, (int, float)) and dur is not None else m.get("cost_estimate")
+    segs = st.get("segments") if isinstance(st.get("segments"), list) else []
+    seg_costs = [x.get("cost") for x in segs if isinstance(x, dict)]
+    if len(segs) > 1 and seg_costs and all(_is_num(c) for c in seg_costs):
+        cost = sum(seg_costs)  # every VM the run ran on, not the last one's price over the whole run
     facts = [
         ("run", m.get("run_id") or run_dir.name),
         ("job", m.get("job", "?")),
@@ -220,6 +310,7 @@ def build(run_dir: Path) -> dict:
         "mode": (m.get("params") or {}).get("mode"),
         "message": st.get("message"),
         "images": images,
+        "timeline": timeline(st, state),
     }
 
 
@@ -248,6 +339,9 @@ def markdown(data: dict, plots: list[Path], run_dir: Path) -> str:
     out += [f"**Best test accuracy:** {_acc_pct(data['best'])}", ""]
     if data["params"]:
         out += ["## Settings", ""] + _md_table(["parameter", "value"], data["params"]) + [""]
+    tl = data.get("timeline")
+    if tl:
+        out += ["## Timeline", "", tl["intro"], ""] + _md_table(tl["header"], tl["rows"]) + ["", f"**{tl['cost_line']}**", ""]
     if data["q6"] is not None:
         out += ["## Q6: the course's table", ""]
         out += [f"Mode: `{data['mode'] or 'default'}`; settings: " + ", ".join(f"{k}={v}" for k, v in data["params"]) + ".", ""]
@@ -286,6 +380,10 @@ def html_page(data: dict, plots: list[Path], run_dir: Path) -> str:
     parts.append(f"<p><b>Best test accuracy:</b> {e(_acc_pct(data['best']))}</p>")
     if data["params"]:
         parts += ["<h2>Settings</h2>", _html_table(["parameter", "value"], data["params"])]
+    tl = data.get("timeline")
+    if tl:
+        parts += ["<h2>Timeline</h2>", f"<p>{e(tl['intro'])}</p>", _html_table(tl["header"], tl["rows"]),
+                  f"<p><b>{e(tl['cost_line'])}</b></p>"]
     if data["q6"] is not None:
         parts += ["<h2>Q6: the course's table</h2>",
                   f"<p>Mode: <code>{e(str(data['mode'] or 'default'))}</code>; settings: {e(', '.join(f'{k}={v}' for k, v in data['params']))}.</p>",

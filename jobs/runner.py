@@ -13,7 +13,8 @@ standard library and google-cloud-storage. Every path is relative to the login d
 
 RUN_DIR holds `params.json` (written by `ferry run`): run_id, bucket, project, argv, env,
 datasets, upload_interval, heartbeat_interval, setup_wait, setup_timeout, setup_poll, gpu,
-self_delete, compute_endpoint. The runner writes there `output.log` (the job's stdout and
+self_delete, compute_endpoint, code_hash, resume_flag, segment, segments, continue, run_started.
+The runner writes there `output.log` (the job's stdout and
 stderr, in order), `status.json`, `runner.log`, `runner.pid`, and the job writes `out/`
 (metrics.jsonl, summary.json, artifacts). Every few seconds, and once more at the end, it
 uploads them to `gs://BUCKET/runs/RUN_ID/`: logs/output.log, metrics.jsonl, summary.json,
@@ -558,7 +559,8 @@ class Runner:
                 state = self._stopped_state()
             if state is None:
                 proc = self.start_job()
-                self.set_state("running", started=now_iso())
+                # a recovered run started when its first segment did
+                self.set_state("running", started=(self.params.get("continue") and self.params.get("run_started")) or now_iso())
                 state, exit_code = self.watch(proc)
         except Exception as exc:  # staging or start failed: record why, flush, stop
             state, message = "failed", f"{exc.__class__.__name__}: {exc}"

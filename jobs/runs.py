@@ -142,6 +142,16 @@ def record(bucket, run_id: str) -> dict:
         except Exception:
             metrics = None
     state = effective_state(status)
+    # times the run moved to a new VM (spot preemption, lost VM, `resume`): one less than the
+    # segments in status.json; runs from before segments have none (unless the manifest counted)
+    segments = (status or {}).get("segments")
+    counted = manifest.get("recoveries")
+    if isinstance(segments, list) and segments:
+        recoveries = len(segments) - 1
+    elif isinstance(counted, int) and not isinstance(counted, bool) and counted > 0:
+        recoveries = counted
+    else:
+        recoveries = 0
     return {
         "run_id": run_id,
         "job": manifest.get("job") or (RUN_ID_RE.match(run_id).group("job") if RUN_ID_RE.match(run_id) else "?"),
@@ -152,6 +162,7 @@ def record(bucket, run_id: str) -> dict:
         "vm": manifest.get("vm"),
         "gpu": manifest.get("gpu"),
         "exit_code": (status or {}).get("exit_code"),
+        "recoveries": recoveries,
     }
 
 

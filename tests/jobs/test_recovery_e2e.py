@@ -195,3 +195,41 @@ def test_mnist_stencil_preempted_twice_equals_uninterrupted(cloud, tmp_path):
     log = text(cloud.bucket, f"runs/{run_id}/logs/output.log")
     assert all(len(re.findall(rf"\] epoch {e}:", log)) == 1 for e in range(6)) and out == log
     assert vms() == {}
+
+
+def test_replacement_preempted_while_it_is_set_up_and_a_lost_vm(cloud):
+    """The new VM is taken back the moment it runs (during SSH wait or sync): still one run,
+    every epoch once. Then an on-demand run whose VM is deleted under it (lost), --recover 1."""
+    from infra import provision
+    from runhelp import settings
+
+    proc = cli_bg(cloud, "run", SELFTEST, "--spot", "--set", "epochs=16", "--set", "sleep=0.15")
+    run_id = the_run(cloud, proc)
+    preempt_after(cloud, proc, run_id, 0, 3)
+    second = f"ferry-{run_id}-2"
+    vm = wait_for(lambda: (v := vms().get(second)) is not None and v.status == "RUNNING" and v, 60, "the replacement")
+    cloud.control.preempt(vm.zone, second, grace_s=0)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    st = status(cloud, run_id)
+    assert st["state"] == "succeeded" and [m["epoch"] for m in metrics(cloud, run_id)] == list(range(16))
+    # taken back while `up` watched it settle: like a stockout, `up` itself tries the next zone;
+    # later (SSH wait, sync): a new segment on the next VM
+    assert st["segments"][0]["ended_by"] == "preempted" and st["segments"][-1]["ended_by"] == "succeeded"
+    assert st["segments"][-1]["vm"] in (second, f"ferry-{run_id}-3"), err
+    log = text(cloud.bucket, f"runs/{run_id}/logs/output.log")
+    assert all(len(re.findall(rf"^epoch {e} loss", log, re.M)) == 1 for e in range(16)) and out == log
+    assert vms() == {}
+
+    proc = cli_bg(cloud, "run", SELFTEST, "--recover", "1", "--set", "epochs=40", "--set", "sleep=0.15")
+    wait_for(lambda: len(run_ids(cloud.bucket)) == 2, 60, "the second run")
+    lost = [i for i in run_ids(cloud.bucket) if i != run_id][0]
+    wait_for(lambda: len(metrics(cloud, lost)) >= 3, 60, "3 epochs")
+    seg = status(cloud, lost)["segments"][0]
+    provision.delete(settings(), seg["vm"], seg["zone"], provision.Proof(run_id=lost))  # the VM vanishes
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    st = status(cloud, lost)
+    assert [s["ended_by"] for s in st["segments"]] == ["lost", "succeeded"] and not st["segments"][0]["spot"]
+    assert [m["epoch"] for m in metrics(cloud, lost)] == list(range(40))
+    assert vms() == {}
