@@ -180,6 +180,7 @@ class Session:
         self.recover_budget = 0
         self.continues = False          # this VM continues the run (recovery, `resume`)
         self.retired: list[tuple] = []  # (VM, deleted?) of earlier segments
+        self._retiring: list[tuple] = []  # (owned, deleting thread)
         self._bucket_seen: dict = {}     # the newest status.json read from the bucket
         self.storage = Reachability(f"Cloud Storage (gs://{settings.bucket})", reattach_hint(run_id))
         self.compute_api = Reachability("the Compute Engine API", reattach_hint(run_id))
@@ -296,13 +297,12 @@ class Session:
         say(f"=== {why} on VM {old.name if old else '?'}; recovery {self.recoveries} of {self.recover_budget}: "
             f"a new VM resumes the run from its last checkpoint ===")
         self.catch_up()
-        with shielded("deleting the old VM first; please wait"):
-            if self.remote is not None:
-                self.remote.close()
-                self.remote = None
-            if self.owned:
-                self.retired.append((self.owned[0], _delete_vm(self)))
-                self.owned = None
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
+        if self.owned:  # deleted while the next VM comes up (GCE stops a preempted VM for ~30 s)
+            self.retire(self.owned)
+            self.owned = None
         self.vm, self.runner_started, self.continues = None, False, True
         try:
             self.provision(spot, fallback)
@@ -321,6 +321,26 @@ class Session:
                 st["segments"] = [*self.segments, self.segment_info()]
             return st
         return self.follow()
+
+    def retire(self, owned: tuple) -> None:
+        """Delete an earlier segment's VM in the background; `wait_retired` joins (teardown)."""
+        import threading
+
+        def work():
+            self.retired.append((owned[0], _delete_vm(self, owned)))
+
+        thread = threading.Thread(target=work, name=f"delete-{owned[0]}", daemon=True)
+        with shielded("deleting the old VM; please wait"):
+            thread.start()
+            self._retiring.append((owned, thread))
+
+    def wait_retired(self) -> None:
+        """Every earlier VM deleted (or said why not) before the command returns."""
+        for owned, thread in self._retiring:
+            thread.join(timeout=600)
+            if thread.is_alive():
+                say(f"warning: VM {owned[0]} is still being deleted; check with `python cli.py status`")
+        self._retiring = []
 
     def _closed_segments(self, final: dict, why: str) -> list[dict]:
         """The segments so far, the last one closed (the runner closes its own when it can)."""
@@ -729,6 +749,7 @@ def _teardown(session: Session, keep: bool) -> bool | None:
     runner that deletes it itself); record the run's cost. -> deleted?"""
     if session.remote is not None:
         session.remote.close()
+    session.wait_retired()
     deleted = None
     if session.owned and not keep and not session.handed_over:
         deleted = _delete_vm(session)
@@ -792,12 +813,12 @@ def _record_failure(session: Session, exc: BaseException) -> None:
         pass
 
 
-def _delete_vm(session: Session) -> bool:
-    """Delete the VM this run created, proven by the instance id its insert returned (or, when
-    the API never said it, by the labels naming this run)."""
+def _delete_vm(session: Session, owned: tuple | None = None) -> bool:
+    """Delete the VM this run created (`owned`, default the current one), proven by the
+    instance id its insert returned (or, when the API never said it, by the labels naming this run)."""
     from infra import provision
 
-    name, zone, instance_id = session.owned
+    name, zone, instance_id = owned or session.owned
     proof = provision.Proof(instance_id=instance_id) if instance_id else provision.Proof(run_id=session.run_id)
     try:
         return provision.delete(session.settings, name, zone, proof)

@@ -233,3 +233,24 @@ def test_replacement_preempted_while_it_is_set_up_and_a_lost_vm(cloud):
     assert [s["ended_by"] for s in st["segments"]] == ["lost", "succeeded"] and not st["segments"][0]["spot"]
     assert [m["epoch"] for m in metrics(cloud, lost)] == list(range(40))
     assert vms() == {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA or not Path(DATA, "mnist").is_dir(), reason="FERRY_DATA_SOURCE with mnist/ not set")
+def test_tf_quickstart_preempted_resumes_with_the_same_metrics(cloud):
+    pytest.importorskip("tensorflow")
+    sets = ["--set", "epochs=4", "--set", "train_samples=2000", "--set", "test_samples=300", "--set", "deterministic=true"]
+    r = cli(cloud, "run", "tf-quickstart", *sets, timeout=300)
+    assert r.returncode == 0, r.stderr
+    plain = run_ids(cloud.bucket)[0]
+    proc = cli_bg(cloud, "run", "tf-quickstart", "--spot", *sets)
+    wait_for(lambda: len(run_ids(cloud.bucket)) == 2, 60, "the second run")
+    run_id = [i for i in run_ids(cloud.bucket) if i != plain][0]
+    preempt_after(cloud, proc, run_id, 0, 1, timeout=240)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    st = status(cloud, run_id)
+    assert st["state"] == "succeeded" and len(st["segments"]) == 2 and st["segments"][1]["resumed_from"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in rows]  # noqa: E731
+    assert strip(metrics(cloud, plain)) == strip(metrics(cloud, run_id))
+    assert "resumed from" in out and vms() == {}
