@@ -148,6 +148,91 @@ def resume(ctx, run_id, vm, recover, fallback, dry_run, yes):
     command(ctx.settings, run_id=run_id, vm=vm, recover=recover, fallback=fallback, dry_run=dry_run, yes=yes)
 
 
+class SweepGroup(click.Group):
+    """`sweep JOB ...` submits; `sweep status|logs|cancel|pull ID` look after one."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=SweepGroup)
+def sweep():
+    """Run JOB over a grid of parameters on Cloud Batch: `sweep JOB --set K=V1,V2 --set seed=0..9`."""
+
+
+@sweep.command("start", hidden=True)
+@click.argument("job")
+@click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2|A..B", help="A parameter's values (repeatable; the grid is their product).")
+@click.option("--parallel", type=int, metavar="N", help="Tasks at once (default up to 4).")
+@click.option("--spot", is_flag=True, help="Spot VMs (Batch retries a preempted task; it resumes from its checkpoint).")
+@click.option("--max-hours", type=float, metavar="H", help="Each task's run-time limit (default the template's).")
+@click.option("--detach", is_flag=True, help="Return once submitted (default: watch until it ends; Ctrl-C cancels).")
+@click.option("--dry-run", is_flag=True, help="Print the Batch job body and the cost; submit nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before a sweep that may cost more than $25.")
+@pass_ctx
+def sweep_start(ctx, job, sets, parallel, spot, max_hours, detach, dry_run, yes):
+    """Submit JOB over the grid as one Cloud Batch job."""
+    from jobs.sweep import sweep as command
+
+    command(ctx.settings, job=job, sets=sets, parallel=parallel, spot=spot, max_hours=max_hours, detach=detach,
+            dry_run=dry_run, yes=yes)
+
+
+@sweep.command("status")
+@click.argument("sweep_id", metavar="ID|latest", required=False)
+@pass_ctx
+def sweep_status(ctx, sweep_id):
+    """Each task: Batch's state, the run's state, best accuracy."""
+    from jobs.sweep import status as command
+
+    command(ctx.settings, sweep_id)
+
+
+@sweep.command("logs")
+@click.argument("sweep_id", metavar="ID")
+@click.argument("task", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the task ends.")
+@pass_ctx
+def sweep_logs(ctx, sweep_id, task, follow):
+    """One task's log."""
+    from jobs.sweep import logs as command
+
+    command(ctx.settings, sweep_id, task, follow)
+
+
+@sweep.command("cancel")
+@click.argument("sweep_id", metavar="ID")
+@pass_ctx
+def sweep_cancel(ctx, sweep_id):
+    """Delete the sweep's Batch job (and so its VMs)."""
+    from jobs.sweep import cancel as command
+
+    command(ctx.settings, sweep_id)
+
+
+@sweep.command("pull")
+@click.argument("sweep_id", metavar="ID|latest")
+@click.option("--to", "dest", metavar="DIR", help="Where to put it (default: ./sweeps/ID).")
+@pass_ctx
+def sweep_pull(ctx, sweep_id, dest):
+    """Every task's folder and one report: mean, std and 95% CI over seeds."""
+    from jobs.sweep import pull as command
+
+    command(ctx.settings, sweep_id, dest)
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many sweeps.")
+@pass_ctx
+def sweeps(ctx, limit):
+    """Sweeps recorded in the bucket."""
+    from jobs.sweep import sweeps as command
+
+    command(ctx.settings, limit)
+
+
 @main.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")

@@ -75,14 +75,16 @@ def reattach_hint(run_id: str) -> str:
             "reattaches and `python cli.py cleanup` deletes what is left")
 
 
-def follow_bucket(bucket, run_id: str, offset: int, on_data, poll: float = 0.5, on_silent=None) -> dict:
+def follow_bucket(bucket, run_id: str, offset: int, on_data, poll: float = 0.5, on_silent=None,
+                  prefix: str | None = None) -> dict:
     """Print logs/output.log from the bucket from byte `offset` until the run's final state.
 
     `on_silent(status)`: called when the heartbeat has not advanced for SILENT_AFTER_S; it may
-    return a final status to end with (the attached `run` decides the runner is gone)."""
+    return a final status to end with (the attached `run` decides the runner is gone).
+    `prefix`: the run's folder when it is not runs/RUN_ID/ (a sweep task's)."""
     from google.api_core.exceptions import NotFound
 
-    prefix = records.prefix(run_id)
+    prefix = prefix or records.prefix(run_id)
     blob = bucket.blob(prefix + "logs/output.log")
     reach = Reachability(f"Cloud Storage (gs://{bucket.name})", reattach_hint(run_id))
     beat, beat_seen = None, time.monotonic()

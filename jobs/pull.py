@@ -24,23 +24,25 @@ def safe_target(dest: Path, rel: str) -> Path | None:
     return target
 
 
-def pull_run(bucket, run_id: str, target: Path) -> dict:
-    """Download gs://BUCKET/runs/RUN/ into target (every name checked first) and render the report."""
-    from jobs import report
-
-    prefix = records.prefix(run_id)
+def download_prefix(bucket, prefix: str, target: Path, skip=(), what: str | None = None, skip_folders=()) -> int:
+    """gs://BUCKET/PREFIX... into target, every name checked before anything is written ->
+    how many objects. Skips the log's chunks in flight (jobs/runner.py) and `skip` (names
+    relative to the prefix)."""
+    what = what or prefix
     plan = []
     for blob in bucket.client.list_blobs(bucket, prefix=prefix):
         rel = blob.name[len(prefix):]
-        if rel.startswith(".chunks/"):  # bytes on their way into the log (jobs/runner.py): not results
+        if rel.startswith(".chunks/") or "/.chunks/" in rel or rel in skip:  # not results
+            continue
+        if any(part in skip_folders for part in rel.split("/")[:-1]):
             continue
         path = safe_target(target, rel)
         if path is None:
-            raise CloudError(f"refusing to pull {run_id}: object name {blob.name!r} would escape {target}",
+            raise CloudError(f"refusing to pull {what}: object name {blob.name!r} would escape {target}",
                              hint="nothing was downloaded; someone wrote an unsafe name into the bucket")
         plan.append((blob, path))
     if not plan:
-        raise UsageError(f"run {run_id} has no objects in gs://{bucket.name}/{prefix}")
+        raise UsageError(f"{what} has no objects in gs://{bucket.name}/{prefix}")
     target.mkdir(parents=True, exist_ok=True)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -52,6 +54,13 @@ def pull_run(bucket, run_id: str, target: Path) -> dict:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         total = sum(pool.map(fetch, plan))
-    out = report.render(target)
     say(f"pulled {len(plan)} objects ({total / 1e3:.1f} kB) into {target}")
-    return out
+    return len(plan)
+
+
+def pull_run(bucket, run_id: str, target: Path) -> dict:
+    """Download gs://BUCKET/runs/RUN/ into target (every name checked first) and render the report."""
+    from jobs import report
+
+    download_prefix(bucket, records.prefix(run_id), target, what=f"run {run_id}")
+    return report.render(target)

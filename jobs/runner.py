@@ -193,8 +193,8 @@ class Uploader:
     readers always see one complete object. Anything unexpected (a failed compose, a file that
     shrank) falls back to uploading the whole file once. `sent` counts the bytes uploaded."""
 
-    def __init__(self, bucket: str, project: str | None, run_id: str, log):
-        self.prefix = f"runs/{run_id}/"
+    def __init__(self, bucket: str, project: str | None, run_id: str, log, prefix: str | None = None):
+        self.prefix = prefix or f"runs/{run_id}/"
         self.log = log
         self._seen: dict[str, tuple] = {}
         self._grown: dict[str, dict] = {}  # growing object -> {"bytes", "generation", "chunks"}
@@ -380,7 +380,9 @@ class Runner:
         self.wake = threading.Event()
         self.upload_interval = float(self.params.get("upload_interval", 2.0))
         self.heartbeat_interval = float(self.params.get("heartbeat_interval", 10.0))
-        self.uploader = Uploader(self.params["bucket"], self.params.get("project"), self.run_id, self.note)
+        # a run's folder is runs/RUN_ID/; a sweep task's sweeps/SWEEP_ID/tasks/INDEX/ (same layout)
+        self.uploader = Uploader(self.params["bucket"], self.params.get("project"), self.run_id, self.note,
+                                 self.params.get("prefix"))
         self.status = {
             "run_id": self.run_id,
             "state": "syncing",
@@ -495,7 +497,7 @@ class Runner:
                 if isinstance(exc, ImportError):
                     break
                 time.sleep(0.5 * 2**attempt)
-        return f"cannot write to gs://{self.params['bucket']}/runs/{self.run_id}/ from the VM: {last}"
+        return f"cannot write to gs://{self.params['bucket']}/{self.uploader.prefix} from the VM: {last}"
 
     def stage(self) -> None:
         names = self.params.get("datasets") or []
@@ -599,7 +601,7 @@ class Runner:
         """A later segment of a run (after a preemption or a lost VM): the bucket's log so far
         becomes the start of ours, in place (a `follow` from its size sees only what is new)."""
         bucket = self.uploader.bucket()
-        prefix = f"runs/{self.run_id}/"
+        prefix = self.uploader.prefix
         blob = bucket.blob(prefix + "logs/output.log")
         try:
             before = blob.download_as_bytes()
@@ -618,7 +620,7 @@ class Runner:
         """The newest checkpoints in the bucket, for the job to resume from (none: it starts
         over, and says so)."""
         bucket = self.uploader.bucket()
-        prefix = f"runs/{self.run_id}/"
+        prefix = self.uploader.prefix
         seg = self.segment
         where = f"VM {seg.get('vm') or socket.gethostname()}" + (f" in {seg['zone']}" if seg.get("zone") else "")
         flag = self.params.get("resume_flag")
@@ -934,14 +936,60 @@ def cmd_cancel(run_dir: Path) -> int:
     return 0
 
 
+def cmd_batch_task(bucket_name: str, sweep_id: str, project: str | None = None) -> int:
+    """One task of a sweep on Cloud Batch (no SSH): its runner parameters come from the
+    sweep's manifest in the bucket, picked by BATCH_TASK_INDEX; a retry (BATCH_TASK_RETRY_ATTEMPT
+    > 0, e.g. after a preemption) continues the task's log and resumes from its checkpoint.
+    Runs in the foreground; exit 0 when the job succeeded, 1 when it failed (Batch does not
+    retry that), 2 when this task cannot start (the same)."""
+    import google.auth.compute_engine
+    from google.cloud import storage
+
+    index = int(os.environ.get("BATCH_TASK_INDEX", "0"))
+    attempt = int(os.environ.get("BATCH_TASK_RETRY_ATTEMPT", "0") or 0)
+    client = storage.Client(project=project or None, credentials=google.auth.compute_engine.Credentials())
+    manifest = json.loads(client.bucket(bucket_name).blob(f"sweeps/{sweep_id}/manifest.json").download_as_bytes())
+    tasks = {int(t["index"]): t for t in manifest["tasks"]}
+    if index not in tasks:
+        print(f"task {index}: not in sweep {sweep_id}'s manifest", file=sys.stderr)
+        return 2
+    params = dict(tasks[index]["runner"])
+    params["continue"] = attempt > 0
+    params.setdefault("segment", {})
+    params["segment"] = {**params["segment"], "index": attempt, "vm": socket.gethostname(), "batch_attempt": attempt}
+    if attempt > 0:  # the earlier attempts' segments, closed: what the bucket's status says of them
+        try:
+            before = json.loads(client.bucket(bucket_name).blob(params["prefix"] + "status.json").download_as_bytes())
+            segs = [dict(x) for x in before.get("segments") or []]
+            for seg in segs:
+                if not seg.get("ended"):
+                    seg.update(ended=before.get("heartbeat"), ended_by="preempted")
+            params["segments"] = segs
+            params["run_started"] = before.get("started")
+        except Exception as exc:
+            print(f"no earlier status ({exc.__class__.__name__})", file=sys.stderr)
+    run_dir = Path("ferry/runs") / params["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("runner.pid", "status.json", "output.log"):
+        (run_dir / stale).unlink(missing_ok=True)
+    write_json_atomic(run_dir / "params.json", params)
+    Runner(run_dir).serve()
+    final = read_json(run_dir / "status.json") or {}
+    return 0 if final.get("state") == "succeeded" else 1
+
+
 def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="ferry_runner")
-    parser.add_argument("command", choices=["start", "serve", "follow", "cancel", "stop-job", "status"])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("command", choices=["start", "serve", "follow", "cancel", "stop-job", "status", "batch-task"])
+    parser.add_argument("run_dir", type=Path, help="the run's folder (batch-task: the bucket)")
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--sweep", help="batch-task: the sweep id")
+    parser.add_argument("--project")
     args = parser.parse_args(argv)
+    if args.command == "batch-task":
+        return cmd_batch_task(str(args.run_dir), args.sweep, args.project)
     if args.command == "start":
         return cmd_start(args.run_dir)
     if args.command == "serve":  # in the foreground (debugging)

@@ -94,6 +94,8 @@ def numpy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-per-class", type=positive, default=100, metavar="N", help="15-scene: first N training images per class (default 100)")
     p.add_argument("--test-per-class", type=positive, default=100, metavar="N", help="15-scene: first N test images per class (default 100)")
     p.add_argument("--image-size", type=positive, default=64, metavar="N", help="15-scene: resize to N x N (default 64)")
+    p.add_argument("--pace", type=float, default=0.0, metavar="S", help="hold every epoch to at least S seconds (demos and "
+                   "tests of preemption: results are unchanged; default 0)")
 
 
 def tf_options(p: argparse.ArgumentParser) -> None:

@@ -53,6 +53,7 @@ class Config:
     test_per_class: int = 100
     image_size: int = 64
     resume: str | None = None            # a checkpoints folder to continue from
+    pace: float = 0.0                    # seconds an epoch takes at least (demos, preemption tests)
 
     def resolve(self, dataset: str) -> "Config":
         """A copy with the mode's defaults for `dataset` filled in, validated."""
@@ -135,7 +136,7 @@ def load(cfg: Config, dataset: str) -> dict:
 
 
 # ------------------------------------------------------------------------ training
-RUN_ONLY = ("out", "data_dir", "cache_dir", "download", "resume")  # where, not what: not in a checkpoint's identity
+RUN_ONLY = ("out", "data_dir", "cache_dir", "download", "resume", "pace")  # where, not what: not in a checkpoint's identity
 
 
 def identity(cfg: Config) -> dict:
@@ -185,7 +186,7 @@ def train(cfg: Config, data: dict, run: report.Run, svm_at: list[int], label: st
                f"{N} train / {len(yte)} test, device {device}{' ' + gpu if gpu else ''} ({why})"
                + (f", SVM after epochs {svm_at}" if svm_at else ""))
     for e in range(start, cfg.epochs):
-        t = time.perf_counter()
+        t = t_epoch = time.perf_counter()
         loss = step()
         if device == "gpu":
             xp.cuda.Device().synchronize()
@@ -212,6 +213,8 @@ def train(cfg: Config, data: dict, run: report.Run, svm_at: list[int], label: st
                        "records": [*run.records, rec], "done": done or {}},
                       {"W": arrays.to_numpy(W), "b": arrays.to_numpy(b)})
             run.epoch(rec, line)  # reported done only once its checkpoint is written
+        if cfg.pace > 0:
+            time.sleep(max(0.0, cfg.pace - (time.perf_counter() - t_epoch)))
     best = max(epochs, key=lambda r: r["test_accuracy"])
     out = {"best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
            "final_test_accuracy": epochs[-1]["test_accuracy"],

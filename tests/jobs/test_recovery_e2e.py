@@ -171,7 +171,8 @@ def test_mnist_stencil_preempted_twice_equals_uninterrupted(cloud, tmp_path):
     r = cli(cloud, "run", "mnist-nn", *sets, timeout=300)
     assert r.returncode == 0, r.stderr
     plain = run_ids(cloud.bucket)[0]
-    proc = cli_bg(cloud, "run", "mnist-nn", "--spot", *sets)
+    # each epoch held to 1.5 s (results unchanged) so that the preemptions land mid-run
+    proc = cli_bg(cloud, "run", "mnist-nn", "--spot", *sets, "--set", "pace=1.5")
     wait_for(lambda: len(run_ids(cloud.bucket)) == 2, 60, "the second run")
     run_id = [i for i in run_ids(cloud.bucket) if i != plain][0]
     preempt_after(cloud, proc, run_id, 0, 3, timeout=240)
