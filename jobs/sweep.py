@@ -29,8 +29,8 @@ from jobs import catalog, params
 from jobs import runs as records
 from jobs.common import bucket_of, say
 
-MAX_TASKS = 1000         # ferry's limit per sweep (Batch allows far more; see README "Sweeps")
-MAX_PARALLEL = 100
+MAX_TASKS = 1000  # ferry: status and pull read one record per task; Batch: 100,000 per task group
+MAX_PARALLEL = MAX_TASKS  # Batch: 5,000 parallel tasks per job
 PREEMPTED_EXIT = 50001   # Batch's exit code for a task whose spot VM was preempted
 RETRIES = 3              # on preemption only
 SWEEPS = "sweeps/"
@@ -130,6 +130,11 @@ def task_script(settings, sweep_id: str) -> str:
 set -euo pipefail
 work="${{HOME:-/tmp}}/ferry-sweep-{sweep_id}-$BATCH_TASK_INDEX"
 mkdir -p "$work" && cd "$work"
+# the trainer's and the runner's packages, as the default template's start-up script ensures
+python3 -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("numpy", "sklearn", "PIL", "numba", "google.cloud.storage", "google.auth")))' \
+  || python3 -m pip install --quiet --disable-pip-version-check 'numpy>=1.26,<3' 'scikit-learn>=1.3' 'pillow>=10' \
+       'numba>=0.59' 'google-cloud-storage>=2.14,<4' 'tensorflow[and-cuda]>=2.16,<3'
 python3 - <<'PY'
 import io, tarfile
 import google.auth.compute_engine
