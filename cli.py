@@ -367,6 +367,10 @@ def run_cli(argv=None) -> int:
 def _run(argv) -> int:
     from infra import interrupts
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]:  # before or after the command
+        argv.remove("--json")
+        argv.insert(0, "--json")
     try:
         main.main(args=argv, prog_name="cli.py", standalone_mode=False)
     except FerryError as exc:

@@ -120,16 +120,17 @@ def _announce_local(settings: Settings) -> None:
 
 
 def endpoints(settings: Settings) -> dict:
-    """{"compute": url|None, "storage": url|None, "pacing": Pacing}: None means Google's public
-    endpoints. A local cloud timed like GCE (`FERRY_LOCAL_TIMING=gce`) gets GCE's pacing, scaled."""
+    """{"compute": url|None, "storage": url|None, "batch": url|None, "pacing": Pacing}: None means
+    Google's public endpoints. A local cloud timed like GCE (`FERRY_LOCAL_TIMING=gce`) gets GCE's
+    pacing, scaled."""
     if settings.is_local:
         from infra.local.service import ensure_running
 
         _announce_local(settings)
         ep = ensure_running(settings.home)
         pacing = LOCAL_PACING if ep.timing != "gce" else scaled(GCP_PACING, ep.time_scale, floor=LOCAL_PACING)
-        return {"compute": ep.compute, "storage": ep.storage, "pacing": pacing}
-    return {"compute": None, "storage": None, "pacing": GCP_PACING}
+        return {"compute": ep.compute, "storage": ep.storage, "batch": ep.batch, "pacing": pacing}
+    return {"compute": None, "storage": None, "batch": None, "pacing": GCP_PACING}
 
 
 def scaled(pacing: Pacing, scale: float, floor: Pacing) -> Pacing:
@@ -195,6 +196,16 @@ def storage_client(settings: Settings):
         return storage.Client(project=settings.project, credentials=credentials(settings),
                               client_options={"api_endpoint": ep})
     return storage.Client(project=settings.project, credentials=credentials(settings))
+
+
+def batch(settings: Settings):
+    """google.cloud.batch_v1.BatchServiceClient (REST transport) for the backend, with the
+    credentials of the Compute Engine clients (local: the local Cloud Batch)."""
+    from google.cloud import batch_v1
+
+    ep = endpoints(settings)["batch"]
+    options = {"api_endpoint": ep} if ep else None
+    return batch_v1.BatchServiceClient(transport="rest", credentials=compute(settings).creds, client_options=options)
 
 
 def reset_cache() -> None:

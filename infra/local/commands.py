@@ -21,6 +21,7 @@ def _endpoint_lines(data: dict) -> list[str]:
     return [
         f"  Compute Engine  {data['compute']}",
         f"  Cloud Storage   {data['storage']}",
+        *([f"  Cloud Batch     {data['batch']}"] if data.get("batch") else []),
         f"  control         {data['control']}",
         f"  pid {data['pid']}, state in {data['home']}/local",
     ]

@@ -8,6 +8,7 @@
     ctl.clear_faults()
     ctl.requests()                                 # [{service, method, path, query, time}]
     ctl.preempt("us-central1-a", "my-vm")
+    ctl.preempt_batch_task("us-central1", "my-job", 0)   # the Spot VM of a Batch task: exit code 50001
     ctl.set_quota("us-central1", "NVIDIA_T4_GPUS", 1)   # regions.get shows it; insert enforces it
     ctl.set_page_size(2)                           # every list pages after 2 items
 """
@@ -81,6 +82,17 @@ class Control:
     def preempt(self, zone: str, vm: str, grace_s: float | None = None) -> dict:
         """Spot VM preempted: metadata preempted=TRUE now, stopped (or deleted) after grace_s."""
         return self._vm(zone, vm, "preempt", {} if grace_s is None else {"grace_s": grace_s})
+
+    def preempt_batch_task(self, location: str, job: str, index: int, grace_s: float | None = None) -> dict:
+        """Preempt the Spot VM running task INDEX of Cloud Batch job JOB (its id) in LOCATION:
+        the VM gets GCE's preemption notice, then goes; the task ends with exit code 50001 and
+        is retried if its lifecycle policy says so. -> {operation, zone, vm}."""
+        return self._call("POST", f"/batch/{quote(location)}/{quote(job)}/tasks/{int(index)}/preempt",
+                          {} if grace_s is None else {"grace_s": grace_s}, {"project": self.project})
+
+    def batch_jobs(self) -> list[dict]:
+        """Cloud Batch jobs as the service holds them: each task's state, retries and VM."""
+        return self._call("GET", "/batch")
 
     def drop_ssh(self, zone: str, vm: str) -> None:
         self._vm(zone, vm, "drop-ssh")

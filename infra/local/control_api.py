@@ -11,6 +11,9 @@
     POST   /_ferry/instances/{zone}/{name}/drop-ssh                 close its SSH connections
     POST   /_ferry/instances/{zone}/{name}/maintenance  {value}     metadata maintenance-event
     POST   /_ferry/instances/{zone}/{name}/expire                   reach maxRunDuration now
+    GET    /_ferry/batch                          Cloud Batch jobs: tasks, their states and VMs
+    POST   /_ferry/batch/{location}/{job}/tasks/{index}/preempt  {grace_s?}  preempt the task's
+                                                  Spot VM (its task ends with exit code 50001)
     GET    /_ferry/quotas[?region=R]              regional quotas: [{region, metric, limit, usage}]
     POST   /_ferry/quotas   {region, metric, limit}   set one limit (region "global": GPUS_ALL_REGIONS)
     DELETE /_ferry/quotas                         every limit back to its default
@@ -57,6 +60,7 @@ class RequestLog:
 
 
 _INSTANCE = re.compile(r"^/_ferry/instances/(?P<zone>[^/]+)/(?P<name>[^/]+)/(?P<action>[a-z-]+)$")
+_BATCH_TASK = re.compile(r"^/_ferry/batch/(?P<location>[^/]+)/(?P<job>[^/]+)/tasks/(?P<index>[0-9]+)/(?P<action>[a-z-]+)$")
 
 
 class ControlApi:
@@ -64,6 +68,7 @@ class ControlApi:
         self.compute = compute
         self.log = request_log
         self.info = info
+        self.batch = None  # the local Cloud Batch (infra.local.batch.models.Batch), when it runs
 
     def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, object]:
         try:
@@ -133,6 +138,8 @@ class ControlApi:
                 return 200, {"page_size": self.compute.page_size}
         if path == "/_ferry/instances" and method == "GET":
             return 200, self.compute.debug_view()
+        if path.startswith("/_ferry/batch") and self.batch is not None:
+            return self._batch(method, path, query, body)
         m = _INSTANCE.match(path)
         if m and method == "POST":
             project = (query.get("project") or [DEFAULT_PROJECT])[0]
@@ -149,4 +156,19 @@ class ControlApi:
             if action == "expire":
                 self.compute.expire_now(project, zone, name)
                 return 200, {"ok": True}
+        return 404, {"error": f"no control route {method} {path}"}
+
+    def _batch(self, method, path, query, body):
+        from infra.local.batch.errors import BatchError
+
+        if path == "/_ferry/batch" and method == "GET":
+            return 200, self.batch.debug_view()
+        m = _BATCH_TASK.match(path)
+        if m and method == "POST" and m.group("action") == "preempt":
+            project = (query.get("project") or [DEFAULT_PROJECT])[0]
+            try:
+                return 200, self.batch.preempt_task(project, m.group("location"), m.group("job"), int(m.group("index")),
+                                                    body.get("grace_s"))
+            except BatchError as e:
+                return e.code, {"error": e.message}
         return 404, {"error": f"no control route {method} {path}"}

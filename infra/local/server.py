@@ -1,8 +1,9 @@
-"""The local service process: Compute Engine (+ control under /_ferry/) and Cloud Storage on
-127.0.0.1, ports chosen by the OS, announced in `<home>/local/service.json` once both answer.
+"""The local service process: Compute Engine (+ control under /_ferry/), Cloud Storage and
+Cloud Batch on 127.0.0.1, ports chosen by the OS, announced in `<home>/local/service.json` once
+all answer.
 
 Run in the foreground with `python -m infra.local --home DIR`; `infra.local.service` runs it
-in the background. SIGTERM / SIGINT: stop every VM, close both servers, remove service.json.
+in the background. SIGTERM / SIGINT: stop every VM, close the servers, remove service.json.
 """
 
 from __future__ import annotations
@@ -215,8 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     info = {"pid": os.getpid(), "version": VERSION, "started_at": started, "home": str(root.parent)}
     compute_server = ComputeServer(compute, request_log, info, token=token)
     storage.authorize = lambda header, method: compute_server.authorize_storage(_bearer(header), method)
+    from infra.local import batch as batch_service
+
+    batch, batch_server = batch_service.serve(root / "batch", compute, request_log=request_log,
+                                              is_user=compute_server.is_user, token_scopes=compute.token_scopes)
+    compute_server.control.batch = batch
     storage.serve_in_background()
     threading.Thread(target=compute_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="compute").start()
+    threading.Thread(target=batch_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="batch").start()
     if args.vm_runtime != "none":
         threading.Thread(target=_warm_vm_runtime, daemon=True).start()
 
@@ -231,22 +238,29 @@ def main(argv: list[str] | None = None) -> int:
     except StateError as e:
         log.error("%s", e)
         compute_server.server_close()
+        batch_server.server_close()
         storage.shutdown()
         return 3
-    compute.boot_restored(restored)
+    held = batch.restore()  # the VMs of Batch tasks under way: never booted again (their task would run twice)
+    compute.boot_restored([i for i in restored if i.key not in held])
+    batch.start()
     service_file = root / "service.json"
     write_json_atomic(service_file, {
         **info, "compute": compute_server.url, "storage": storage.url, "control": f"{compute_server.url}/_ferry",
+        "batch": batch_server.url,
         "vm_runtime": args.vm_runtime, "ready_s": round(time.time() - started, 3), **compute.timing.describe(),
     })
-    log.info("ready: compute %s storage %s (%.3f s)", compute_server.url, storage.url, time.time() - started)
+    log.info("ready: compute %s storage %s batch %s (%.3f s)", compute_server.url, storage.url, batch_server.url,
+             time.time() - started)
     try:
         while not stop.wait(0.5):
             pass
     finally:
         log.info("stopping")
+        batch.close()
         compute.close()
         compute_server.shutdown()
+        batch_server.shutdown()
         storage.shutdown()
         try:
             if json.loads(service_file.read_text()).get("pid") == os.getpid():

@@ -2,8 +2,9 @@
 
 State under `<home>/local/` (mode 0700): `service.json` (pid, endpoints, started_at, version;
 written by the service once it answers), `token` (0600: the access token every Compute Engine,
-Cloud Storage and control call must carry — only the user who started the service has it),
-`service.log`, `service.lock`, `storage/` (buckets), `compute/` (instance records, VM disks).
+Cloud Storage, Cloud Batch and control call must carry — only the user who started the service
+has it), `service.log`, `service.lock`, `storage/` (buckets), `compute/` (instance records, VM
+disks), `batch/` (Batch jobs).
 
 `ensure_running()` takes a file lock, trusts service.json only if its pid is alive AND its
 health endpoint answers with that pid, otherwise clears leftovers and starts a new service.
@@ -42,6 +43,7 @@ class Endpoints:
     token: str | None = field(default=None, repr=False)  # the bearer token every call carries
     timing: str = "fast"          # the service's timing profile (FERRY_LOCAL_TIMING)
     time_scale: float = 1.0
+    batch: str | None = None  # batch_v1 BatchServiceClient(transport="rest") client_options api_endpoint
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -52,7 +54,7 @@ class Endpoints:
     def from_info(cls, info: dict, token: str | None = None) -> "Endpoints":
         return cls(compute=info["compute"], storage=info["storage"], control=info["control"],
                    pid=info.get("pid"), home=info.get("home"), token=token, timing=info.get("timing") or "fast",
-                   time_scale=float(info.get("time_scale") or 1.0))
+                   time_scale=float(info.get("time_scale") or 1.0), batch=info.get("batch"))
 
 
 def _root(home: Path | None) -> Path:
@@ -294,7 +296,8 @@ def status(home: Path | None = None) -> dict:
     info = _live_info(root)
     if not info:
         return {"running": False, "home": str(root.parent)}
-    return {"running": True, "compute": info["compute"], "storage": info["storage"], "control": info["control"],
+    return {"running": True, "compute": info["compute"], "storage": info["storage"], "batch": info.get("batch"),
+            "control": info["control"],
             "pid": info["pid"], "home": str(root.parent), "started_at": info.get("started_at"),
             "vm_runtime": info.get("vm_runtime"), "version": info.get("version"),
             "timing": info.get("timing"), "time_scale": info.get("time_scale"),

@@ -3,6 +3,7 @@
     from infra.local.testing import local_cloud, compute_clients, wait_operation
     with local_cloud(tmp_path) as cloud:          # own FERRY_HOME, service stopped after
         cloud.endpoints.compute, cloud.control.fault(...), cloud.storage_client()
+        cloud.batch_client()                      # batch_v1.BatchServiceClient on the local Batch
 
 `local_cloud` sets nothing global: pass `cloud.home` as FERRY_HOME to code under test
 (`monkeypatch.setenv("FERRY_HOME", str(cloud.home))`).
@@ -37,6 +38,16 @@ class LocalCloud:
     def compute_options(self) -> dict:
         """kwargs for any compute_v1.*Client(...)."""
         return {"credentials": self.credentials(), "client_options": {"api_endpoint": self.endpoints.compute}}
+
+    def batch_client(self):
+        """google.cloud.batch_v1.BatchServiceClient (REST) on the local Cloud Batch."""
+        from google.cloud import batch_v1
+
+        return batch_v1.BatchServiceClient(transport="rest", credentials=self.credentials(),
+                                           client_options={"api_endpoint": self.endpoints.batch})
+
+    def batch_parent(self, location: str = "us-central1") -> str:
+        return f"projects/{self.project}/locations/{location}"
 
     def storage_client(self):
         from google.cloud import storage
