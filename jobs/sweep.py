@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import secrets
 import time
 
 import click
