@@ -206,7 +206,10 @@ class Session:
         segs = self.status.get("segments")
         if state in records.FINAL and segs and not segs[-1].get("ended"):
             segs[-1] = close_segment(dict(segs[-1]), state, records.iso())
-        records.put_json(self.bucket, self.prefix + "status.json", self.status, quick=True)
+        from trainer.report import ROW_KEY, row
+
+        records.put_json(self.bucket, self.prefix + "status.json", self.status, quick=True,
+                         metadata={ROW_KEY: row(self.status, self.job.name, self.manifest.get("vm"))})
 
     def bucket_status(self) -> dict | None:
         """status.json from the bucket; None when absent or Cloud Storage does not answer
@@ -398,7 +401,7 @@ class Session:
         ep = clients.endpoints(self.settings)
         pacing = ep["pacing"]
         p = {
-            "run_id": self.run_id, "bucket": self.settings.bucket,
+            "run_id": self.run_id, "job": self.job.name, "bucket": self.settings.bucket,
             "project": None if self.settings.is_local else self.settings.project,
             "argv": self.manifest["argv"], "datasets": list(self.job.datasets), "data_dir": DATA_DIR,
             "upload_interval": UPLOAD_INTERVAL_S, "heartbeat_interval": HEARTBEAT_INTERVAL_S,

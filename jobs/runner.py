@@ -267,9 +267,11 @@ class Uploader:
         self._grown[name] = {"bytes": state["bytes"] + len(data), "generation": target.generation,
                              "chunks": state["chunks"] + 1}
 
-    def put_json(self, name: str, data: dict, quick: bool = False) -> None:
-        """Upload NAME; `quick`: one try with a short timeout (the caller retries)."""
+    def put_json(self, name: str, data: dict, quick: bool = False, metadata: dict | None = None) -> None:
+        """Upload NAME (with custom `metadata`); `quick`: one try with a short timeout (the caller retries)."""
         blob = self.bucket().blob(self.prefix + name)
+        if metadata:
+            blob.metadata = metadata
         extra = {"retry": None, "timeout": 10} if quick else {}
         blob.upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json",
                                 **extra)
@@ -419,12 +421,28 @@ class Runner:
         self.status.update(fields, state=state)
         self.write_status(upload=True)
 
+    def row(self) -> dict:
+        """status.json's metadata: what `ferry runs` lists without reading the run (its listing
+        returns it), best accuracy included (trainer/report.py's rule)."""
+        try:
+            from trainer.report import ROW_KEY, row
+        except ImportError:  # a job shipped without the trainer
+            return {}
+        out = self.run_dir / "out"
+        summary, metrics = read_json(out / "summary.json"), None
+        if summary is None:
+            try:
+                metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            except (OSError, ValueError):
+                metrics = None
+        return {ROW_KEY: row(self.status, self.params.get("job"), self.segment.get("vm"), summary, metrics)}
+
     def write_status(self, upload: bool) -> None:
         self.status["heartbeat"] = now_iso()
         write_json_atomic(self.status_path, self.status)
         if upload or time.time() - self._last_status_upload >= self.heartbeat_interval:
             try:
-                self.uploader.put_json("status.json", self.status)
+                self.uploader.put_json("status.json", self.status, metadata=self.row())
                 self._last_status_upload = time.time()
             except Exception as exc:
                 self.note(f"upload status.json failed: {exc.__class__.__name__}: {exc}")
@@ -488,7 +506,7 @@ class Runner:
         last = None
         for attempt in range(4):
             try:
-                self.uploader.put_json("status.json", self.status, quick=True)
+                self.uploader.put_json("status.json", self.status, quick=True, metadata=self.row())
                 self._last_status_upload = time.time()
                 return None
             except Exception as exc:  # ImportError included: google-cloud-storage missing
@@ -585,7 +603,7 @@ class Runner:
             for attempt in range(5):
                 try:
                     self.status["heartbeat"] = now_iso()
-                    self.uploader.put_json("status.json", self.status)
+                    self.uploader.put_json("status.json", self.status, metadata=self.row())
                     break
                 except Exception as exc:
                     self.note(f"final status upload failed: {exc}")

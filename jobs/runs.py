@@ -15,6 +15,7 @@ import string
 from datetime import datetime, timezone
 
 from infra import runstate
+from trainer import report
 from infra.times import parse_time
 
 # One liveness rule, shared with `cleanup`: see infra/runstate.py.
@@ -57,23 +58,7 @@ def duration_s(status: dict | None, manifest: dict | None = None, now: datetime 
     return max(0.0, (end - start).total_seconds()) if end else None
 
 
-def best_accuracy(summary: dict | None, metrics: list[dict] | None = None) -> float | None:
-    """The highest test accuracy a run reports (summary first, else its metrics), as 0..1."""
-    summary = summary or {}
-    svm = summary.get("svm") if isinstance(summary.get("svm"), dict) else {}
-    for key in ("best_test_accuracy", "best_accuracy", "test_accuracy", "accuracy"):
-        value = summary.get(key)
-        if isinstance(value, (int, float)):
-            other = svm.get("best_test_accuracy")  # NN+SVM jobs: the better of the two heads
-            return float(max(value, other)) if isinstance(other, (int, float)) else float(value)
-    best = None
-    for row in metrics or ():
-        for key in ("test_accuracy", "accuracy", "test_acc", "val_accuracy"):
-            value = row.get(key)
-            if isinstance(value, (int, float)):
-                best = value if best is None else max(best, value)
-                break
-    return best
+best_accuracy = report.best_accuracy  # one rule, with the summary's shape (trainer/report.py)
 
 
 # --------------------------------------------------------------------------- the bucket
@@ -88,10 +73,13 @@ def bounded_retry(seconds: float = 15.0):
     return DEFAULT_RETRY.with_timeout(seconds) if hasattr(DEFAULT_RETRY, "with_timeout") else DEFAULT_RETRY.with_deadline(seconds)
 
 
-def put_json(bucket, name: str, data: dict, quick: bool = False) -> None:
-    """Write a record; `quick`: retries bounded to ~15 s (while attached to a run)."""
+def put_json(bucket, name: str, data: dict, quick: bool = False, metadata: dict | None = None) -> None:
+    """Write a record (with custom `metadata`); `quick`: retries bounded to ~15 s (while attached to a run)."""
     extra = {"retry": bounded_retry(), "timeout": 10} if quick else {}
-    bucket.blob(name).upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json",
+    blob = bucket.blob(name)
+    if metadata:
+        blob.metadata = metadata
+    blob.upload_from_string(json.dumps(data, indent=2, sort_keys=True) + "\n", content_type="application/json",
                                          **extra)
 
 
@@ -167,8 +155,42 @@ def record(bucket, run_id: str) -> dict:
 
 
 def list_runs(bucket, job: str | None = None, limit: int = 20) -> list[dict]:
+    """The newest `limit` runs' rows. Two listing calls per 1000 runs: status.json carries the
+    figures in its metadata (trainer/report.py `row`, written with every status), returned by
+    the listing itself; only runs without it (older ones) are read object by object, in parallel."""
     from concurrent.futures import ThreadPoolExecutor
 
-    ids = list_run_ids(bucket, job)[:limit]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda i: record(bucket, i), ids))
+    from google.api_core.exceptions import NotFound
+
+    found: dict[str, dict | None] = {}
+    try:
+        for blob in bucket.client.list_blobs(bucket, prefix="runs/", match_glob="runs/*/status.json"):
+            run_id = blob.name[len("runs/"):-len("/status.json")]
+            if not valid_run_id(run_id) or (job and RUN_ID_RE.match(run_id).group("job") != job):
+                continue
+            found[run_id] = _row_of(run_id, (blob.metadata or {}).get(report.ROW_KEY))
+    except NotFound:  # no bucket yet: no runs
+        return []
+    # a run folder without a status (its first write failed) is still a run: one more listing
+    ids = sorted(set(found) | set(list_run_ids(bucket, job)), key=sort_key, reverse=True)[:limit]
+    missing = [i for i in ids if found.get(i) is None]
+    if missing:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for run_id, rec in zip(missing, pool.map(lambda i: record(bucket, i), missing)):
+                found[run_id] = rec
+    return [found[i] for i in ids]
+
+
+def _row_of(run_id: str, text: str | None) -> dict | None:
+    try:
+        row = json.loads(text) if text else None
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        return None
+    status = {k: row.get(k) for k in ("state", "started", "ended", "heartbeat", "heartbeat_interval")}
+    m = RUN_ID_RE.match(run_id)
+    return {"run_id": run_id, "job": row.get("job") or (m.group("job") if m else "?"), "state": effective_state(status),
+            "started": row.get("started"), "duration_s": duration_s(status), "best_accuracy": row.get("best"),
+            "vm": row.get("vm"), "gpu": row.get("gpu"), "exit_code": row.get("exit_code"),
+            "recoveries": row.get("recoveries") or 0}

@@ -111,7 +111,7 @@ def _task_runner_params(settings, sweep_id: str, index: int, job, values: dict, 
     run_id = f"{sweep_id}-t{index}"
     argv = params.argv(job, values, run_paths(run_id))
     return {
-        "run_id": run_id, "prefix": task_prefix(sweep_id, index), "bucket": settings.bucket,
+        "run_id": run_id, "job": job.name, "prefix": task_prefix(sweep_id, index), "bucket": settings.bucket,
         "project": None if settings.is_local else settings.project, "argv": argv,
         "datasets": list(job.datasets), "data_dir": DATA_DIR, "upload_interval": UPLOAD_INTERVAL_S,
         "heartbeat_interval": HEARTBEAT_INTERVAL_S, "setup_wait": False, "self_delete": False,
@@ -181,6 +181,9 @@ def batch_job(settings, sweep_id: str, spec, task_count: int, parallel: int, scr
             instances=[batch_v1.AllocationPolicy.InstancePolicyOrTemplate(policy=policy,
                                                                           install_gpu_drivers=bool(spec.gpu))],
             location=batch_v1.AllocationPolicy.LocationPolicy(allowed_locations=[f"regions/{region}"]),
+            # the default compute service account, with the template's scopes (the runner writes
+            # the task's record to the bucket with it)
+            service_account=batch_v1.ServiceAccount(scopes=list(spec.scopes)),
             labels=labels),
         labels=labels,
         logs_policy=batch_v1.LogsPolicy(destination=batch_v1.LogsPolicy.Destination.CLOUD_LOGGING),

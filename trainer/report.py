@@ -51,6 +51,41 @@ class Run:
         return summary
 
 
+def best_accuracy(summary: dict | None, metrics: list[dict] | None = None) -> float | None:
+    """The highest test accuracy a run reports (summary first, else its metrics), as 0..1."""
+    summary = summary or {}
+    svm = summary.get("svm") if isinstance(summary.get("svm"), dict) else {}
+    for key in ("best_test_accuracy", "best_accuracy", "test_accuracy", "accuracy"):
+        value = summary.get(key)
+        if isinstance(value, (int, float)):
+            other = svm.get("best_test_accuracy")  # NN+SVM jobs: the better of the two heads
+            return float(max(value, other)) if isinstance(other, (int, float)) else float(value)
+    best = None
+    for row in metrics or ():
+        for key in ("test_accuracy", "accuracy", "test_acc", "val_accuracy"):
+            value = row.get(key)
+            if isinstance(value, (int, float)):
+                best = value if best is None else max(best, value)
+                break
+    return best
+
+
+ROW_KEY = "ferry-row"  # status.json's custom metadata: the figures `runs` lists without reading a run
+
+
+def row(status: dict, job: str | None, vm: str | None = None, summary: dict | None = None,
+        metrics: list[dict] | None = None) -> str:
+    """What `runs` shows of a run, compact JSON for status.json's metadata (Cloud Storage
+    returns it in the listing: one request per 1000 runs)."""
+    segments = status.get("segments")
+    return json.dumps({
+        "job": job, "state": status.get("state"), "started": status.get("started"), "ended": status.get("ended"),
+        "heartbeat": status.get("heartbeat"), "heartbeat_interval": status.get("heartbeat_interval"),
+        "exit_code": status.get("exit_code"), "recoveries": max(0, len(segments) - 1) if isinstance(segments, list) else 0,
+        "vm": vm, "gpu": status.get("gpu"), "best": best_accuracy(summary, metrics),
+    }, separators=(",", ":"))
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 

@@ -323,9 +323,11 @@ class Store:
 
     def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "", max_results: int = 1000,
                      page_token: str | None = None, start_offset: str = "", end_offset: str = "",
-                     include_trailing_delimiter: bool = False) -> tuple[list[dict], list[str], str | None]:
-        """(objects, prefixes, next page token): at most `max_results` objects and prefixes together."""
+                     include_trailing_delimiter: bool = False, match_glob: str = "") -> tuple[list[dict], list[str], str | None]:
+        """(objects, prefixes, next page token): at most `max_results` objects and prefixes together;
+        `match_glob` (Cloud Storage's matchGlob: `*`, `**`, `?`, `[...]`, `{a,b}`) keeps the matching names."""
         self.get_bucket(bucket)
+        glob = glob_regex(match_glob) if match_glob else None
         max_results = max(1, min(int(max_results or 1000), 1000))
         with self.lock:
             names, objs = self._names[bucket], self._objects[bucket]
@@ -341,6 +343,9 @@ class Store:
                 n = names[i]
                 if not n.startswith(prefix) or (end_offset and n >= end_offset):
                     break
+                if glob is not None and not glob.fullmatch(n):
+                    i += 1
+                    continue
                 if len(items) + len(prefixes) >= max_results:
                     return items, prefixes, base64.urlsafe_b64encode(n.encode()).decode()
                 cut = n.find(delimiter, len(prefix)) if delimiter else -1
@@ -359,3 +364,43 @@ class Store:
 
     def count(self) -> int:
         return sum(len(n) for n in self._names.values())
+
+
+def glob_regex(pattern: str):
+    """Cloud Storage's matchGlob as a compiled regex: `**` any characters, `*` and `?` within
+    one path segment, `[abc]`/`[!abc]` a character class, `{a,b}` alternatives."""
+    import re
+
+    out, i, depth = [], 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                raise StorageError(400, "invalid", f"Invalid matchGlob: {pattern!r}")
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + re.escape(body[1:]) if body.startswith("!") else re.escape(body)) + "]")
+            i = end + 1
+            continue
+        elif c == "{":
+            depth += 1
+            out.append("(?:")
+        elif c == "}" and depth:
+            depth -= 1
+            out.append(")")
+        elif c == "," and depth:
+            out.append("|")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if depth:
+        raise StorageError(400, "invalid", f"Invalid matchGlob: {pattern!r}")
+    return re.compile("".join(out), re.S)

@@ -186,7 +186,8 @@ class Handler(BaseHTTPRequestHandler):
         q = self.q
         items, prefixes, token = self.store.list_objects(
             b, q.get("prefix", ""), q.get("delimiter", ""), _int(q, "maxResults") or 1000, q.get("pageToken"),
-            q.get("startOffset", ""), q.get("endOffset", ""), q.get("includeTrailingDelimiter") == "true")
+            q.get("startOffset", ""), q.get("endOffset", ""), q.get("includeTrailingDelimiter") == "true",
+            q.get("matchGlob", ""))
         out = {"kind": "storage#objects", "items": [self._resource(r) for r in items], "prefixes": prefixes}
         if token:
             out["nextPageToken"] = token
