@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,14 +105,47 @@ def tail(text: str, n: int = 8) -> str:
 
 
 # --------------------------------------------------------------------------- 1. throughput
+class Consoles:
+    """Copies of the task VMs' console logs (startup.log) while the sweep runs: a task VM and
+    its log are deleted when its task ends, so a failed task's console is kept only here."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.logs: dict[str, bytes] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        while not self.stop.is_set():
+            for path in self.home.glob("**/vms/*/*/*/startup.log"):
+                try:
+                    self.logs[path.parent.name] = path.read_bytes()
+                except OSError:
+                    pass
+            self.stop.wait(0.25)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+    def of_task(self, index: int) -> list[tuple[str, list[str]]]:
+        return [(name, data.decode(errors="replace").strip().splitlines()[-12:])
+                for name, data in sorted(self.logs.items()) if f"-group0-{index}-" in name]
+
+
 def run_sweep(home: Path, args, messages: list[str]) -> dict | None:
     r, wall, t0, t1 = cli(home, "sweep", "selftest", "--set", f"epochs={args.epochs}", "--set", f"sleep={args.sleep}",
                           "--set", "message=" + ",".join(messages), "--parallel", str(args.parallel), "--yes", timeout=args.timeout)
     m = re.search(r"ferry: sweep (\S+): ", r.stderr)
-    if r.returncode != 0 or not m:
+    if r.returncode != 0:
         print(f"  sweep failed (exit {r.returncode}):\n{tail(r.stderr, 15)}", flush=True)
+    if not m:
         return None
-    return {"id": m.group(1), "wall": wall, "t0": t0, "t1": t1, "stderr": r.stderr}
+    return {"id": m.group(1), "wall": wall, "t0": t0, "t1": t1, "stderr": r.stderr, "rc": r.returncode}
 
 
 def run_sequential(home: Path, bucket, args, messages: list[str]) -> list[tuple[float, float | None]]:
@@ -153,7 +187,10 @@ def task_timeline(batch_tasks, bucket, sweep_id: str) -> list[dict]:
         except NotFound:
             log = ""
         m = EPOCH0_RE.search(log)
+        details = [f"{e.event_time.timestamp():.3f} {getattr(e.task_state, 'name', e.task_state)}: {e.description}"
+                   for e in sorted(task.status.status_events, key=lambda e: e.event_time.timestamp())]
         rows.append({"index": index, "events": ev, "retried": retried, "started": ts(st.get("started")),
+                     "batch_events": details, "status": st, "log_tail": log.strip().splitlines()[-6:],
                      "ended": ts(st.get("ended")), "state": st.get("state"),
                      "epoch0": float(m.group(1)) if m else None})
     return sorted(rows, key=lambda r: r["index"])
@@ -198,8 +235,8 @@ def scheduling(rows: list[dict], job, parallel: int, sleep: float) -> dict:
 
 
 # --------------------------------------------------------------------------- 3. status and pull vs N
-def template_task(bucket, sweep_id: str) -> dict[str, tuple[bytes, str | None]]:
-    pre = f"sweeps/{sweep_id}/tasks/0/"
+def template_task(bucket, sweep_id: str, index: int) -> dict[str, tuple[bytes, str | None]]:
+    pre = f"sweeps/{sweep_id}/tasks/{index}/"
     out = {}
     for blob in bucket.client.list_blobs(bucket, prefix=pre):
         out[blob.name[len(pre):]] = (blob.download_as_bytes(), blob.content_type)
@@ -213,7 +250,7 @@ def fabricate(bucket, settings, real_manifest: dict, template: dict, n: int) -> 
 
     sid = sw.new_sweep_id("selftest")
     old_sid = real_manifest["sweep_id"]
-    old_run = f"{old_sid}-t0"
+    old_run = f"{old_sid}-t0"  # the manifest's task 0 is the prototype of every task's parameters
     manifest = json.loads(json.dumps(real_manifest))
     manifest["sweep_id"] = sid
     manifest["batch_job"] = f"{sw._parent(settings)}/jobs/{sw.batch_job_id(sid)}"
@@ -349,7 +386,8 @@ def main() -> None:
 
             # 1. the sweep, then the sequential runs
             print(f"sweep of {args.tasks} tasks, --parallel {args.parallel} ...", flush=True)
-            sw_run = run_sweep(home, args, messages)
+            with Consoles(home) as consoles:
+                sw_run = run_sweep(home, args, messages)
             print(f"{args.sequential} sequential runs ...", flush=True)
             seq = run_sequential(home, bucket, args, messages[:args.sequential])
 
@@ -366,7 +404,8 @@ def main() -> None:
             scale = []
             if sw_run:
                 print(f"status and pull of fabricated sweeps of {', '.join(map(str, sizes))} tasks ...", flush=True)
-                template = template_task(bucket, sw_run["id"])
+                ok = [r["index"] for r in rows if r["index"] not in sched["not_succeeded"]] or [0]
+                template = template_task(bucket, sw_run["id"], ok[0])
                 scale.append({**time_status_pull(home, sw_run["id"], args.tasks, Path(tmp) / "pulled", args.repeat),
                               "label": "real sweep, Batch job present"})
                 for n in sizes:
@@ -383,6 +422,8 @@ def main() -> None:
     print()
     print(f"local cloud: timing profile {timing.profile} (scale {timing.scale:g}); selftest epochs={args.epochs} "
           f"sleep={args.sleep} (~{args.epochs * args.sleep:.1f} s of job), {os.cpu_count()} CPUs")
+    if sw_run and sw_run["rc"] != 0:
+        print(f"NOTE: the sweep command exited {sw_run['rc']} (see above and the failed tasks under 2.)")
     if sw_run and seq:
         seq_walls = [w for w, _ in seq]
         seq_total = sum(seq_walls) if len(seq) == args.tasks else statistics.mean(seq_walls) * args.tasks
@@ -434,6 +475,19 @@ def main() -> None:
             print(f"   {label:<32} {f2(med(xs))}  {rng:<16} n={len(xs):<3} {note}")
         if sched["retried"] or sched["not_succeeded"]:
             print(f"   retried tasks: {sched['retried']}; not succeeded: {sched['not_succeeded']}")
+        for r in rows:
+            if r["index"] in sched["not_succeeded"] or r["retried"]:
+                st = r["status"]
+                print(f"   task {r['index']}: status.json state={st.get('state')} exit_code={st.get('exit_code')} "
+                      f"message={st.get('message')!r} started={st.get('started')} ended={st.get('ended')}")
+                for line in r["batch_events"]:
+                    print(f"     batch {line}")
+                for line in r["log_tail"]:
+                    print(f"     log | {line}")
+                for vm, lines in consoles.of_task(r["index"]):
+                    print(f"     console of {vm}:")
+                    for line in lines:
+                        print(f"       {line}")
     print("3. `--json sweep status` and `sweep pull` against the number of tasks:")
     if not scale:
         print("   (no sweep to copy: skipped)")
