@@ -2,7 +2,7 @@
 """Benchmark `python cli.py sweep` on the local backend (no timing is asserted anywhere).
 
     .venv/bin/python bench/sweep.py [--tasks N] [--parallel P] [--sequential K] [--quick]
-                                    [--sizes 10,50,200] [--repeat R] [--epochs E] [--sleep S]
+                                    [--sizes 10,50,200] [--repeat R] [--epochs E] [--sleep S] [-v]
 
 Starts the local cloud (its local Cloud Batch included) in its own temporary FERRY_HOME
 (timing profile from FERRY_LOCAL_TIMING, default `fast`) and prints:
@@ -12,9 +12,9 @@ Starts the local cloud (its local Cloud Batch included) in its own temporary FER
      task is): wall times, the ratio (ideal P x) and the sweep's wall time against its ideal
      (waves x the job's own time); with where the sweep's time went (staging and submit, Batch
      job created -> final, final -> the command's exit). The sweep gets --yes (12 tasks x the
-     template's 4 h limit pass the $25 confirmation even on the local backend). --sequential K runs only K of the
-     sequential runs and extrapolates their mean to N (said so); --quick: 6 tasks, --parallel
-     3, 3 sequential runs.
+     template's 4 h limit pass the $25 confirmation, even on the local backend). --sequential
+     K makes only K of the sequential runs and extrapolates their mean to N (said so);
+     --quick: 6 tasks, --parallel 3, 3 sequential runs.
   2. scheduling overhead per task, from the Batch API's task status events (the official
      google-cloud-batch client on the local Batch, tasks of the sweep's `group0`) and the
      task's records in the bucket (status.json `started`/`ended`, the `t=` stamp of its first
@@ -24,21 +24,23 @@ Starts the local cloud (its local Cloud Batch included) in its own temporary FER
      the job's own run time (started -> ended) and `ended` -> SUCCEEDED, RUNNING -> SUCCEEDED
      and ASSIGNED -> SUCCEEDED less the job's own time; the job's SCHEDULED -> ASSIGNED for the
      first wave, and the hand-over of a slot (a task's SUCCEEDED -> the next waiting task's
-     ASSIGNED: a new VM each time).
+     ASSIGNED: a new VM each time); with -v each task's timeline. A task that failed or was
+     retried: its Batch events, status.json, log tail and its VM's console (copied while the
+     sweep runs: Batch deletes a task's VM, and so its console, when the task ends).
   3. `cli.py --json sweep status ID` and `cli.py sweep pull ID --to DIR` against the number of
      tasks: sweep records fabricated in the bucket (a copy of the real sweep's manifest with N
-     tasks, and for each task a copy of a real task's objects, as the runner wrote them:
-     status.json, summary.json, metrics.jsonl, logs/output.log, checkpoints/...) for N in
+     tasks, and for each task a copy of every object a real task has, as the runner wrote
+     them: status.json, summary.json, metrics.jsonl, logs/output.log, checkpoints/...) for N in
      --sizes (default 10, 50, 200), whose manifest names a Batch job that does not exist (so
      `status` has no Batch state to show; whether it copes is printed); seconds, ms per task,
      and the marginal ms per task between sizes (the process start is in the first); pull split
      into download (to its `pulled N objects` line) and report; the plain-text `sweep status`
      of the first fabricated sweep is run once too (does it cope without a Batch job); the real
      sweep (Batch job present) as a reference row. The best of --repeat (default 2) runs.
-Targets (issue: sweeps): the sweep approaches P x the sequential runs (>= 0.75 P for a 2 s job
-is good); scheduling overhead per task of a few seconds at most (fast profile); status and pull
-flat in ms per task (the marginal cost not growing with N).
-Default run: about 2-3 minutes on 2 cores.
+Targets: the sweep approaches P x the sequential runs (it may pass P: each sequential run pays
+its own VM, SSH and sync overhead in series, which the sweep's tasks overlap); `sweep status`
+and `sweep pull` flat in ms per task (the marginal cost per task not growing with N).
+Default run: about 2.5 minutes on 2 cores (--quick: under 1 minute).
 """
 
 from __future__ import annotations
@@ -116,8 +118,13 @@ class Consoles:
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self):
+        root = self.home / "local" / "compute" / "vms"  # PROJECT/ZONE/VM/startup.log (infra/local/service.py)
         while not self.stop.is_set():
-            for path in self.home.glob("**/vms/*/*/*/startup.log"):
+            try:
+                paths = list(root.glob("*/*/*/startup.log"))
+            except OSError:  # a VM's folder removed under the walk
+                paths = []
+            for path in paths:
                 try:
                     self.logs[path.parent.name] = path.read_bytes()
                 except OSError:
@@ -353,16 +360,18 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, help="sequential `run`s actually made, extrapolated to --tasks "
                                                    "(default: --tasks; --quick 3)")
     ap.add_argument("--quick", action="store_true", help="6 tasks, parallel 3, 3 sequential runs extrapolated")
-    ap.add_argument("--sizes", default=None, help="task counts of the fabricated sweeps (default 10,50,200; --quick 10,50)")
+    ap.add_argument("--sizes", default=None, help="task counts of the fabricated sweeps (default 10,50,200; --quick 10,50; '' none)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of status and pull per size (the best; default 2)")
     ap.add_argument("--epochs", type=int, default=10, help="selftest epochs (default 10)")
     ap.add_argument("--sleep", type=float, default=0.2, help="selftest seconds per epoch (default 0.2)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per command (default 600)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="each task's timeline too")
     args = ap.parse_args()
     args.tasks = args.tasks or (6 if args.quick else 12)
     args.parallel = args.parallel or (3 if args.quick else 4)
     args.sequential = min(args.tasks, args.sequential if args.sequential is not None else (3 if args.quick else args.tasks))
-    sizes = [int(x) for x in (args.sizes or ("10,50" if args.quick else "10,50,200")).split(",") if x.strip()]
+    sizes = [int(x) for x in (args.sizes if args.sizes is not None else ("10,50" if args.quick else "10,50,200")).split(",")
+             if x.strip()]
     t_bench = time.perf_counter()
 
     from infra import clients, provision
@@ -473,6 +482,13 @@ def main() -> None:
             xs = [x for x in sched[key] if x is not None]
             rng = f"[{min(xs):.2f} .. {max(xs):.2f}]" if xs else ""
             print(f"   {label:<32} {f2(med(xs))}  {rng:<16} n={len(xs):<3} {note}")
+        if args.verbose:
+            print("   per task (s after the job's creation): ASSIGNED RUNNING started epoch0 ended SUCCEEDED")
+            t0 = job.create_time.timestamp()
+            for r in rows:
+                marks = (r["events"].get("ASSIGNED"), r["events"].get("RUNNING"), r["started"], r["epoch0"], r["ended"],
+                         r["events"].get("SUCCEEDED") or r["events"].get("FAILED"))
+                print(f"   {r['index']:>4} " + " ".join("     -" if m is None else f"{m - t0:6.2f}" for m in marks))
         if sched["retried"] or sched["not_succeeded"]:
             print(f"   retried tasks: {sched['retried']}; not succeeded: {sched['not_succeeded']}")
         for r in rows:

@@ -339,6 +339,10 @@ def orphans(settings: Settings, vms: list, now: datetime | None = None) -> tuple
     found, reported = [], []
     for v in vms:
         run = v.labels.get("ferry-run")
+        if v.labels.get("ferry-sweep"):  # Cloud Batch's VM: Batch deletes it (`sweep cancel` ends the sweep)
+            reported.append((v, f"a VM of sweep {v.labels['ferry-sweep']}, run by Cloud Batch; "
+                                "`python cli.py sweep cancel ID` ends it"))
+            continue
         if v.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
             found.append((v, f"{v.status.lower()}, holds a disk"))
         elif run:

@@ -66,7 +66,7 @@ def _pinned_vm(settings, name: str | None):
     reused address, two VMs) goes to the API. Saves the ~0.5 s the compute client costs."""
     from infra import provision, ssh
 
-    mine = [v for v in provision.pinned(settings) if v.host_key and "ferry-run" not in (v.labels or {})]
+    mine = [v for v in provision.pinned(settings) if v.host_key and not _runs_own(v)]
     candidates = [v for v in mine if v.name == name] if name else mine
     if len(candidates) != 1:
         return None
@@ -91,8 +91,7 @@ def _choose_vm(settings, name: str | None):
         if vm.status and vm.status != "RUNNING":
             raise CloudError(f"VM {name} is {vm.status}", hint=f"start it with `python cli.py up --name {name}`")
         return vm
-    up = [v for v in provision.list_vms(settings, mine_only=True)
-          if v.status == "RUNNING" and "ferry-run" not in (v.labels or {})]
+    up = [v for v in provision.list_vms(settings, mine_only=True) if v.status == "RUNNING" and not _runs_own(v)]
     if len(up) > 1:
         raise UsageError(f"{len(up)} VMs are up ({', '.join(v.name for v in up)})", hint="pick one with --vm NAME")
     if len(up) == 1:
@@ -100,6 +99,12 @@ def _choose_vm(settings, name: str | None):
         if vm is not None and vm.host_key:
             return vm
     return None
+
+
+def _runs_own(vm) -> bool:
+    """A run's VM or a Cloud Batch VM of a sweep: never "the one VM up" a run may use."""
+    labels = vm.labels or {}
+    return "ferry-run" in labels or "ferry-sweep" in labels
 
 
 def _gpu_text(vm) -> str | None:
@@ -179,6 +184,7 @@ class Session:
         self.recoveries = 0
         self.recover_budget = 0
         self.continues = False          # this VM continues the run (recovery, `resume`)
+        self.prior_state = None         # the run's state before it was resumed
         self.retired: list[tuple] = []  # (VM, deleted?) of earlier segments
         self._retiring: list[tuple] = []  # (owned, deleting thread)
         self._bucket_seen: dict = {}     # the newest status.json read from the bucket
@@ -303,10 +309,14 @@ class Session:
         if self.remote is not None:
             self.remote.close()
             self.remote = None
-        if self.owned:  # deleted while the next VM comes up (GCE stops a preempted VM for ~30 s)
-            self.retire(self.owned)
+        if self.owned:
+            if why == "lost":  # it may still run (a silent runner): gone before the next one writes the record
+                with shielded("deleting the old VM first; please wait"):
+                    self.retired.append((self.owned[0], _delete_vm(self, self.owned)))
+            else:  # preempted: deleted while the next VM comes up (GCE stops it for ~30 s)
+                self.retire(self.owned)
             self.owned = None
-        self.vm, self.runner_started, self.continues = None, False, True
+        self.vm, self.runner_started, self.continues, self.prior_state = None, False, True, why
         try:
             self.provision(spot, fallback)
             self.start(setup_wait)
@@ -414,6 +424,11 @@ class Session:
             "continue": self.continues,  # a later segment: continue the log, resume from a checkpoint
             "run_started": (self.segments[0].get("started") if self.segments else None) or self._bucket_seen.get("started"),
         }
+        if self.continues:  # a VM the run used before (`resume --vm`) keeps its old folder: start clean
+            r = self.remote.run(["python3", RUNNER, "fresh", self.paths["run_dir"]], timeout=60)
+            if r.code != 0:
+                raise UsageError(f"run {self.run_id} still has a live runner on VM {self.vm.name}",
+                                 hint=f"follow it: `python cli.py logs {self.run_id} --follow`")
         self.remote.write(f"{self.paths['run_dir']}/params.json", json.dumps(p, indent=2).encode())
         check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")
         self.runner_started = True
@@ -808,9 +823,16 @@ def check_same_code(run_hash: str, run_id: str) -> None:
 
 
 def _record_failure(session: Session, exc: BaseException) -> None:
+    """The run could not go on: `failed`, unless it was being resumed (a recovery, `resume`)
+    and its job never started again: then it stays as it was (preempted, lost, cancelled), so
+    that `resume` can continue it later."""
     try:
         st = session.bucket_status() or {}
         if st.get("state") not in records.FINAL:
+            if session.continues and not session.runner_started and session.prior_state:
+                session.put_status(session.prior_state, ended=records.iso(),
+                                   message=f"ferry: resuming failed ({exc}); `python cli.py resume {session.run_id}` tries again")
+                return
             session.put_status("failed", ended=records.iso(), message=f"ferry: {exc}")
     except Exception:
         pass
@@ -879,6 +901,25 @@ def newest_checkpoint(bucket, run_id: str, manifest: dict, job) -> tuple[str, di
     raise UsageError(f"every checkpoint of run {run_id} is corrupt", hint=f"run it again: `python cli.py run {job.name}`")
 
 
+def _refuse_if_still_up(settings, run_id: str, manifest: dict, status: dict) -> None:
+    """The run's last VM still RUNNING (a stuck or silent runner, a detached run whose runner was
+    killed): resuming would run it twice, and that VM would bill on. Say so; delete nothing."""
+    from infra import provision
+
+    segs = status.get("segments") or []
+    name = (segs[-1].get("vm") if segs else None) or manifest.get("vm")
+    if not name or not manifest.get("vm_created_by_run", True):
+        return
+    try:
+        vm = provision.get(settings, name)
+    except FerryError:
+        return
+    if vm is not None and vm.status == "RUNNING" and (vm.labels or {}).get("ferry-run") == run_id:
+        raise UsageError(f"run {run_id}'s VM {name} is still running: resuming now would run the job twice",
+                         hint=f"follow it (`python cli.py logs {run_id} --follow`) or delete it first "
+                              f"(`python cli.py down {name}`), then resume")
+
+
 def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None = None, fallback: str | None = None,
            dry_run: bool = False, yes: bool = False) -> None:
     """Continue a preempted, lost or cancelled run from its newest checkpoint, on a new VM (or
@@ -889,7 +930,7 @@ def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None 
 
     if vm:
         templates.check_vm_name(vm)
-    bucket = bucket_of(settings)
+    bucket = bucket_of(settings, create=False)
     run_id = _resolve_run(bucket, run_id)
     manifest = records.get_json(bucket, records.prefix(run_id) + "manifest.json")
     status = records.get_json(bucket, records.prefix(run_id) + "status.json") or {}
@@ -903,6 +944,7 @@ def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None 
         raise UsageError(f"run {run_id} is {state}, not stopped", hint=f"follow it: `python cli.py logs {run_id} --follow`")
     j = catalog.get(manifest["job"])
     name, meta = newest_checkpoint(bucket, run_id, manifest, j)
+    _refuse_if_still_up(settings, run_id, manifest, status)
     if manifest.get("code_hash"):
         check_same_code(manifest["code_hash"], run_id)
     was_spot = bool(manifest.get("spot"))
@@ -940,5 +982,5 @@ def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None 
     except Exception:
         pass
     session.recover_budget = session.manifest["recover"] = budget
-    session.continues = True
+    session.continues, session.prior_state = True, state
     _drive(session, chosen, keep=False, detach=False, setup_wait=setup_wait, spot=spot, fallback=fallback)

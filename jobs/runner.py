@@ -56,6 +56,7 @@ from pathlib import Path
 FINAL_STATES = ("succeeded", "failed", "cancelled", "preempted", "lost")
 LOG_PREFIX = "[ferry] "
 RUNNER_GONE = 75          # `follow`'s exit status when the runner died before a final status
+TASK_STOPPED = 76         # `batch-task`'s when its VM was preempted or went away (Batch retries it)
 FOLLOWER_BEAT = "follower"  # touched every second by an attached `follow`
 FOLLOWER_FRESH_S = 3.0
 CANCEL_FILE = "cancel-requested"
@@ -943,6 +944,18 @@ def cmd_stop_job(run_dir: Path, grace: float = 5.0) -> int:
     return 1
 
 
+def cmd_fresh(run_dir: Path) -> int:
+    """Before a run continues on a VM it ran on before (`resume --vm`): the old folder goes
+    (its checkpoints come again from the bucket); exit 1 while its runner still lives."""
+    import shutil
+
+    if _runner_alive(run_dir):
+        print("a runner of this run is still alive on this VM", file=sys.stderr)
+        return 1
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
 def cmd_cancel(run_dir: Path) -> int:
     try:
         (run_dir / CANCEL_FILE).touch()  # a SIGTERM without it means the VM is shutting down
@@ -993,6 +1006,8 @@ def cmd_batch_task(bucket_name: str, sweep_id: str, project: str | None = None) 
     write_json_atomic(run_dir / "params.json", params)
     Runner(run_dir).serve()
     final = read_json(run_dir / "status.json") or {}
+    if final.get("state") in ("preempted", "lost"):  # Batch retries this one (jobs/sweep.py's policy)
+        return TASK_STOPPED
     return 0 if final.get("state") == "succeeded" else 1
 
 
@@ -1000,7 +1015,8 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="ferry_runner")
-    parser.add_argument("command", choices=["start", "serve", "follow", "cancel", "stop-job", "status", "batch-task"])
+    parser.add_argument("command", choices=["start", "serve", "follow", "cancel", "stop-job", "status", "batch-task",
+                                            "fresh"])
     parser.add_argument("run_dir", type=Path, help="the run's folder (batch-task: the bucket)")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--sweep", help="batch-task: the sweep id")
@@ -1019,6 +1035,8 @@ def main(argv=None) -> int:
             return 0
     if args.command == "cancel":
         return cmd_cancel(args.run_dir)
+    if args.command == "fresh":
+        return cmd_fresh(args.run_dir)
     if args.command == "stop-job":
         return cmd_stop_job(args.run_dir)
     sys.stdout.write((args.run_dir / "status.json").read_text())

@@ -31,6 +31,7 @@ from jobs.common import bucket_of, say
 MAX_TASKS = 1000  # ferry: status and pull read one record per task; Batch: 100,000 per task group
 MAX_PARALLEL = MAX_TASKS  # Batch: 5,000 parallel tasks per job
 PREEMPTED_EXIT = 50001   # Batch's exit code for a task whose spot VM was preempted
+STOPPED_EXIT = 76        # the runner's, for a task it saw preempted (or its VM going) before the VM died
 RETRIES = 3              # on preemption only
 SWEEPS = "sweeps/"
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -141,7 +142,7 @@ from google.cloud import storage
 client = storage.Client(project={None if settings.is_local else repr(settings.project)}, credentials=google.auth.compute_engine.Credentials())
 data = client.bucket({settings.bucket!r}).blob({sweep_prefix(sweep_id) + 'code.tar.gz'!r}).download_as_bytes()
 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-    tar.extractall("ferry/code", filter="data")
+    tar.extractall("ferry/code", **({{"filter": "data"}} if hasattr(tarfile, "data_filter") else {{}}))
 PY
 exec python3 ferry/code/ferry_runner.py batch-task {settings.bucket} --sweep {sweep_id}{project}
 """
@@ -163,7 +164,7 @@ def batch_job(settings, sweep_id: str, spec, task_count: int, parallel: int, scr
         boot_disk=batch_v1.AllocationPolicy.Disk(image=f"projects/{spec.image_project}/global/images/family/{spec.image_family}",
                                                  size_gb=spec.boot_disk_gb, type_=spec.boot_disk_type),
     )
-    if spec.gpu:
+    if spec.gpu is not None and spec.gpu.attach == "accelerator":  # as render.py: g2/a2 carry theirs
         policy.accelerators = [batch_v1.AllocationPolicy.Accelerator(type_=spec.gpu.api, count=spec.count)]
     task_spec = batch_v1.TaskSpec(
         runnables=[batch_v1.Runnable(script=batch_v1.Runnable.Script(text=script))],
@@ -171,15 +172,17 @@ def batch_job(settings, sweep_id: str, spec, task_count: int, parallel: int, scr
         max_retry_count=RETRIES,
         lifecycle_policies=[batch_v1.LifecyclePolicy(
             action=batch_v1.LifecyclePolicy.Action.RETRY_TASK,
-            action_condition=batch_v1.LifecyclePolicy.ActionCondition(exit_codes=[PREEMPTED_EXIT]))],
+            action_condition=batch_v1.LifecyclePolicy.ActionCondition(exit_codes=[PREEMPTED_EXIT, STOPPED_EXIT]))],
         environment=batch_v1.Environment(variables={"FERRY_SWEEP": sweep_id}),
     )
     region = settings.zone.rsplit("-", 1)[0]
     return batch_v1.Job(
-        task_groups=[batch_v1.TaskGroup(task_count=task_count, parallelism=parallel, task_spec=task_spec)],
+        # one task per VM: Batch would otherwise pack tasks by vCPU, several onto one GPU
+        task_groups=[batch_v1.TaskGroup(task_count=task_count, parallelism=parallel, task_count_per_node=1,
+                                        task_spec=task_spec)],
         allocation_policy=batch_v1.AllocationPolicy(
-            instances=[batch_v1.AllocationPolicy.InstancePolicyOrTemplate(policy=policy,
-                                                                          install_gpu_drivers=bool(spec.gpu))],
+            instances=[batch_v1.AllocationPolicy.InstancePolicyOrTemplate(
+                policy=policy, install_gpu_drivers=bool(spec.gpu and spec.install_nvidia_driver))],
             location=batch_v1.AllocationPolicy.LocationPolicy(allowed_locations=[f"regions/{region}"]),
             # the default compute service account, with the template's scopes (the runner writes
             # the task's record to the bucket with it)
@@ -213,14 +216,15 @@ def sweep(settings, *, job: str, sets=(), parallel: int | None = None, spot: boo
     files = sync.local_files()
     code_hash = sync.code_hash(sync.manifest(files))
     price = spec.price_per_hour
-    cost = None if price is None else round(price * spec.max_hours * n, 2)
+    lives = 1 + RETRIES if spec.spot else 1  # each retry of a preempted task gets a fresh run-time limit
+    cost = None if price is None else round(price * spec.max_hours * n * lives, 2)
     script = task_script(settings, sweep_id)
     body = batch_job(settings, sweep_id, spec, n, parallel, script)
     keys = [k for k in grid]
     say(f"sweep {sweep_id}: {j.name}, {n} task(s) over {', '.join(f'{k} ({len(grid[k])})' for k in keys) or 'no grid'}, "
         f"{parallel} at once, {'spot' if spec.spot else 'on demand'} {spec.machine_type} GPU {spec.gpu_label}")
     say("cost: at most " + ("unknown" if cost is None else f"${cost:.2f}") + f" ({n} task(s) x {spec.max_hours:g} h limit"
-        + ("" if price is None else f" x ${price:.2f}/h") + ")")
+        + (f" x {lives} tries" if lives > 1 else "") + ("" if price is None else f" x ${price:.2f}/h") + ")")
     if dry_run:
         from google.cloud import batch_v1
 
@@ -253,16 +257,16 @@ def sweep(settings, *, job: str, sets=(), parallel: int | None = None, spot: boo
     from infra import clients
 
     client = clients.batch(settings)
-    try:
-        created = client.create_job(parent=_parent(settings), job=body, job_id=batch_job_id(sweep_id), timeout=60)
-    except Exception as exc:
-        raise CloudError(f"Cloud Batch refused sweep {sweep_id}: {_reason(exc)}", hint="nothing runs; the staged files "
-                         f"are in gs://{settings.bucket}/{pre}") from None
-    say(f"submitted Batch job {created.name}")
-    if detach:
-        say(f"watch it with `python cli.py sweep status {sweep_id}`; results: `python cli.py sweep pull {sweep_id}`")
-        return
-    try:
+    try:  # from the create call on, Ctrl-C deletes the Batch job (a signal during the call too)
+        try:
+            created = client.create_job(parent=_parent(settings), job=body, job_id=batch_job_id(sweep_id), timeout=60)
+        except Exception as exc:
+            raise CloudError(f"Cloud Batch refused sweep {sweep_id}: {_reason(exc)}", hint="nothing runs; the staged "
+                             f"files are in gs://{settings.bucket}/{pre}") from None
+        say(f"submitted Batch job {created.name}")
+        if detach:
+            say(f"watch it with `python cli.py sweep status {sweep_id}`; results: `python cli.py sweep pull {sweep_id}`")
+            return
         final = watch(settings, sweep_id, manifest)
     except KeyboardInterrupt:
         from infra.interrupts import shielded
@@ -286,7 +290,7 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(message).split())[:300]
 
 
-DONE = ("SUCCEEDED", "FAILED")
+DONE = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _state_name(value) -> str:
@@ -309,6 +313,11 @@ def watch(settings, sweep_id: str, manifest: dict, poll: float = 2.0, deadline_s
             job = client.get_job(name=manifest["batch_job"], timeout=30)
             failures = 0
         except Exception as exc:
+            from google.api_core.exceptions import NotFound
+
+            if isinstance(exc, NotFound):  # deleted elsewhere (`sweep cancel`, the console)
+                say(f"Batch job {manifest['batch_job']} is gone")
+                return "DELETED"
             failures += 1
             if failures * poll > 60:
                 raise CloudError(f"Cloud Batch has not answered for a minute ({_reason(exc)})",

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer import checkpoint, report
+from trainer import checkpoint, report, stopping
 from trainer.errors import TrainerError
 
 
@@ -240,11 +240,12 @@ def run(cfg: TFConfig) -> dict:
         tw = time.perf_counter()
         files = tf_checkpoint_files(tracked)
         tf_write_seconds.append(time.perf_counter() - tw)
-        ckpt.save({"epoch": epoch, "records": [*run_.records, rec]}, files=files)
-        # The tutorial's printout (epochs from 1), then our timing.
-        run_.epoch(rec, f"Epoch {epoch + 1}, Loss: {rec['loss']}, Accuracy: {rec['train_accuracy'] * 100}, "
-                        f"Test Loss: {rec['test_loss']}, Test Accuracy: {rec['test_accuracy'] * 100} "
-                        f"[{seconds:.1f}s, {rec['examples_per_s']:.0f} ex/s]")
+        with stopping.commit():  # checkpoint, line and metrics: all three or none
+            ckpt.save({"epoch": epoch, "records": [*run_.records, rec]}, files=files)
+            # The tutorial's printout (epochs from 1), then our timing.
+            run_.epoch(rec, f"Epoch {epoch + 1}, Loss: {rec['loss']}, Accuracy: {rec['train_accuracy'] * 100}, "
+                            f"Test Loss: {rec['test_loss']}, Test Accuracy: {rec['test_accuracy'] * 100} "
+                            f"[{seconds:.1f}s, {rec['examples_per_s']:.0f} ex/s]")
     train_writer.flush()
     test_writer.flush()
     best = max(run_.records, key=lambda r: r["test_accuracy"])

@@ -255,3 +255,24 @@ def test_tf_quickstart_preempted_resumes_with_the_same_metrics(cloud):
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in rows]  # noqa: E731
     assert strip(metrics(cloud, plain)) == strip(metrics(cloud, run_id))
     assert "resumed from" in out and vms() == {}
+
+
+def test_a_resume_that_cannot_get_a_vm_leaves_the_run_resumable(cloud):
+    from infra import zones
+
+    proc = cli_bg(cloud, "run", SELFTEST, "--spot", "--recover", "0", "--set", "epochs=40", "--set", "sleep=0.15")
+    run_id = the_run(cloud, proc)
+    preempt_after(cloud, proc, run_id, 0, 3)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and f"python cli.py resume {run_id}" in err, err
+    assert status(cloud, run_id)["state"] == "preempted"
+    for zone in zones.known(True):
+        cloud.control.fault("stockout", zone=zone)
+    r = cli(cloud, "resume", run_id, timeout=180)
+    assert r.returncode == 3, r.stderr
+    st = status(cloud, run_id)
+    assert st["state"] == "preempted" and "resume" in st["message"], st  # not `failed`: still resumable
+    cloud.control.clear_faults()
+    r = cli(cloud, "resume", run_id, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert [m["epoch"] for m in metrics(cloud, run_id)] == list(range(40)) and vms() == {}

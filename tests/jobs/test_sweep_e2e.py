@@ -121,6 +121,7 @@ def test_cancel_leaves_no_vm_and_dry_run_calls_nothing(cloud):
     r = cli(cloud, "sweep", SELFTEST_JOB, "--set", "epochs=2,3", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert '"taskCount": "2"' in r.stdout and "RETRY_TASK" in r.stdout and "50001" in r.stdout
+    assert '"taskCountPerNode": "1"' in r.stdout  # one task per VM (and so per GPU)
     mutating = [q for q in cloud.control.requests() if q.get("method") not in ("GET", None)
                 and q.get("service") in ("batch", "compute", "storage")]
     assert mutating == [] and sweep_ids(cloud) == []
