@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -25,6 +25,7 @@ from infra.local.compute.models import COMPUTE_SCOPES, Compute
 from infra.local.compute.responses import ComputeResponses
 from infra.local.compute.urls import route
 from infra.local.control_api import ControlApi, RequestLog
+from infra.local.http import JsonHandler, bearer
 
 log = logging.getLogger("ferry.local")
 
@@ -35,24 +36,11 @@ STORAGE_WRITE_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",
                         "https://www.googleapis.com/auth/cloud-platform")
 
 
-def _bearer(header: str | None) -> str | None:
-    if header and header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return None
+_bearer = bearer
 
 
-class ComputeHandler(BaseHTTPRequestHandler):
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
+class ComputeHandler(JsonHandler):
     server_version = "ferry-local-compute"
-
-    def _send(self, status: int, payload) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _handle(self, method: str) -> None:
         srv: ComputeServer = self.server

@@ -22,10 +22,11 @@ import json
 import logging
 import re
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
 from infra.local.batch import schema
+from infra.local.http import JsonHandler, bearer
 from infra.local.batch.errors import (
     BatchError,
     insufficient_scopes,
@@ -158,24 +159,11 @@ class BatchApi:
         return self._location(project, location)
 
 
-def _bearer(header: str | None) -> str | None:
-    if header and header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return None
+_bearer = bearer
 
 
-class BatchHandler(BaseHTTPRequestHandler):
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
+class BatchHandler(JsonHandler):
     server_version = "ferry-local-batch"
-
-    def _send(self, status: int, payload) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _handle(self, method: str) -> None:
         srv: BatchServer = self.server

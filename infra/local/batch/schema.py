@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from pathlib import Path
+
+from infra.local import http
 
 from infra.local.batch.errors import invalid_payload
 
@@ -27,18 +28,14 @@ MAX_DURATION_S = 315_576_000_000
 
 @functools.lru_cache(maxsize=1)
 def document() -> dict:
-    import googleapiclient
-
-    path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "batch.v1.json"
-    return json.loads(path.read_text())
+    return http.discovery("batch")
 
 
 def schemas() -> dict:
     return document()["schemas"]
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+_snake = http.snake
 
 
 def _camel(name: str) -> str:

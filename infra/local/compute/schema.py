@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from pathlib import Path
+
+from infra.local import http
 
 from infra.local.compute import exceptions as exc
 
@@ -20,18 +21,14 @@ _INT_RE = re.compile(r"-?[0-9]+")
 
 @functools.lru_cache(maxsize=1)
 def document() -> dict:
-    import googleapiclient
-
-    path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "compute.v1.json"
-    return json.loads(path.read_text())
+    return http.discovery("compute")
 
 
 def schemas() -> dict:
     return document()["schemas"]
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+_snake = http.snake
 
 
 def _resolve(spec: dict) -> dict:
