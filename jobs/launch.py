@@ -549,7 +549,8 @@ class Session:
         self.manifest["ended"] = records.iso()
         self.manifest["wall_s"] = round(end - self.t0, 3)
         price = self.manifest.get("price_per_hour")
-        segs = (self.bucket_status() or self.status).get("segments") or []
+        st = self.bucket_status() or self._bucket_seen or self.status  # one read; the last one seen if it fails
+        segs = st.get("segments") or []
         if self.recoveries or len(segs) > 1:
             self.manifest["recoveries"] = max(self.recoveries, len(segs) - 1)
         costs = [x.get("cost") for x in segs]
@@ -559,7 +560,7 @@ class Session:
             if self.owned and self.vm_t0:
                 seconds = end - self.vm_t0
             else:
-                seconds = records.duration_s(self.bucket_status() or self.status) or 0.0  # the job's time on it
+                seconds = records.duration_s(st) or 0.0  # the job's time on it
             self.manifest["cost_estimate"] = round(price * seconds / 3600, 6)
         self.manifest["vm_deleted"] = deleted
         try:
