@@ -387,16 +387,20 @@ def status(settings, sweep_id: str | None = None) -> None:
     sweep_id = _latest(bucket, sweep_id)
     manifest = load_manifest(bucket, sweep_id)
     batch = _batch_tasks(settings, manifest)
+    listed = _task_rows(bucket, sweep_id)
     rows = []
     for task in manifest["tasks"]:
         i = task["index"]
-        st = records.get_json(bucket, task_prefix(sweep_id, i) + "status.json") or {}
-        summary = records.get_json(bucket, task_prefix(sweep_id, i) + "summary.json") if st.get("state") == "succeeded" else None
+        row = listed.get(i)
+        if row is None:  # no status yet, or one written without its row: read it
+            st = records.get_json(bucket, task_prefix(sweep_id, i) + "status.json") or {}
+            summary = records.get_json(bucket, task_prefix(sweep_id, i) + "summary.json") \
+                if st.get("state") == "succeeded" else None
+            row = {"state": records.effective_state(st) if st else None, "heartbeat": st.get("heartbeat"),
+                   "attempts": len(st.get("segments") or []) or None, "best": records.best_accuracy(summary)}
         varied = {k: task["params"].get(k) for k in manifest["grid"]}
-        rows.append({"index": i, "params": varied, "batch_state": batch.get(i),
-                     "state": records.effective_state(st) if st else None,
-                     "attempts": len(st.get("segments") or []) or None, "heartbeat": st.get("heartbeat"),
-                     "best_accuracy": records.best_accuracy(summary)})
+        rows.append({"index": i, "params": varied, "batch_state": batch.get(i), "state": row["state"],
+                     "attempts": row["attempts"], "heartbeat": row["heartbeat"], "best_accuracy": row["best"]})
     if settings.json:
         click.echo(json.dumps({"sweep_id": sweep_id, "job": manifest["job"], "batch_job": manifest["batch_job"],
                                "tasks": rows}, indent=2))
@@ -406,6 +410,25 @@ def status(settings, sweep_id: str | None = None) -> None:
         acc = f"{100 * r['best_accuracy']:.2f}%" if isinstance(r["best_accuracy"], (int, float)) else "-"
         grid = " ".join(f"{k}={v}" for k, v in r["params"].items())
         click.echo(f"  {r['index']:>4}  {(r['batch_state'] or '-'):<10} {(r['state'] or '-'):<10} {acc:>8}  {grid}")
+
+
+def _task_rows(bucket, sweep_id: str) -> dict[int, dict]:
+    """{index: figures} from one listing: each task's status.json carries them in its metadata
+    (the runner's row, as for `runs`), so `sweep status` costs O(1) requests per 1000 tasks."""
+    from trainer.report import ROW_KEY
+
+    pre = f"{sweep_prefix(sweep_id)}tasks/"
+    out = {}
+    for blob in bucket.client.list_blobs(bucket, prefix=pre, match_glob=pre + "*/status.json"):
+        try:
+            index = int(blob.name[len(pre):].split("/", 1)[0])
+            row = json.loads((blob.metadata or {})[ROW_KEY])
+        except (KeyError, ValueError):
+            continue
+        st = {k: row.get(k) for k in ("state", "started", "ended", "heartbeat", "heartbeat_interval")}
+        out[index] = {"state": records.effective_state(st), "heartbeat": row.get("heartbeat"),
+                      "attempts": (row.get("recoveries") or 0) + 1, "best": row.get("best")}
+    return out
 
 
 def logs(settings, sweep_id: str, task: int, follow: bool = False) -> None:

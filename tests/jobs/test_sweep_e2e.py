@@ -70,10 +70,15 @@ def test_six_task_sweep_three_at_once_and_its_report(cloud, tmp_path):
     assert len(tasks) == 6 and max_running(tasks) <= 3
     assert vms() == {}
 
+    cloud.control.clear_requests()
     r = cli(cloud, "sweep", "status", sid, "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["tasks"]
     assert [row["state"] for row in rows] == ["succeeded"] * 6
+    best = {1.0 - 1 / (2 * int(manifest["tasks"][row["index"]]["params"]["epochs"])) for row in rows}
+    assert {round(row["best_accuracy"], 4) for row in rows} == {round(b, 4) for b in best}  # from the rows alone
+    storage = [q for q in cloud.control.requests() if q["service"] == "storage"]
+    assert len(storage) <= 4, [q["path"] for q in storage]  # bucket, manifest, one listing: not 2 reads per task
     dest = tmp_path / "pulled"
     r = cli(cloud, "sweep", "pull", sid, "--to", str(dest))
     assert r.returncode == 0, r.stderr
