@@ -1,5 +1,5 @@
-"""What the local services' HTTP handlers share: the bearer token of a request, and a JSON
-answer with its length (keep-alive connections need it)."""
+"""What the local services' HTTP handlers share: the bearer token of a request, a JSON
+answer with its length (keep-alive connections need it), every method through `_handle`."""
 
 from __future__ import annotations
 
@@ -41,3 +41,24 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _handle(self, method: str) -> None:
+        raise NotImplementedError
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def log_message(self, format, *args):
+        pass

@@ -84,24 +84,6 @@ class ComputeHandler(JsonHandler):
             status, payload = 500, exc.GceError(500, f"Internal error: {e}", "backendError").body()
         self._send(status, payload)
 
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
-
-    def do_PATCH(self):
-        self._handle("PATCH")
-
-    def do_PUT(self):
-        self._handle("PUT")
-
-    def log_message(self, format, *args):
-        pass
-
 
 class ComputeServer(ThreadingHTTPServer):
     daemon_threads = True

@@ -199,24 +199,6 @@ class BatchHandler(JsonHandler):
             rpc = METHOD_NAMES.get(name)
             raise insufficient_scopes(f"google.cloud.batch.v1.BatchService.{rpc}" if rpc else None)
 
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
-
-    def do_PATCH(self):
-        self._handle("PATCH")
-
-    def do_PUT(self):
-        self._handle("PUT")
-
-    def log_message(self, format, *args):
-        pass
-
 
 class BatchServer(ThreadingHTTPServer):
     """The local batch.googleapis.com: `is_user(token)` (the service's own token) and
