@@ -99,6 +99,18 @@ def ferry_local_cloud(home: Path, vm_runtime: str | None = None):
                 os.environ[k] = v
 
 
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.02):
+    """Poll `pred` until it returns something truthy (returned) or `timeout` passes (its last
+    value is returned). For what a test sees through snapshots: /proc scans, listings."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    return pred()
+
+
 def wait_operation(cloud_or_options, op, timeout: float = 30.0, poll_s: float = 0.02):
     """Poll a zone (or global) operation with a client on the same endpoint until DONE.
 

@@ -13,7 +13,7 @@ from fabric import Config, Connection
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from infra.local.testing import instance_resource, port_refuses, wait_operation
+from infra.local.testing import instance_resource, port_refuses, wait_operation, wait_until
 from infra.local.vm.processes import alive
 
 P, Z = "ferry-local", "us-central1-a"
@@ -94,7 +94,8 @@ def test_gpu_vm_round_trip(vm_cloud, instances, client_key):
     assert gcs.bucket("ferry-local").blob("runs/rt/from-vm.txt").download_as_text() == "written on the VM"
 
     conn.run("nohup sleep 300 >/dev/null 2>&1 &")  # a process that would outlive a sloppy delete
-    pids = vm_pids(vm_cloud, "rt-1")
+    # a /proc scan is a snapshot: a process in the middle of exec() shows an empty environment
+    pids = wait_until(lambda: vm_pids(vm_cloud, "rt-1"))
     assert pids and all(alive(p) for p in pids)
     conn.close()
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from infra.local.vm import LocalVm, VmSpec
 from infra.local.vm import processes
+from infra.local.testing import wait_until as wait_for  # noqa: F401 (the tests import it from here)
 
 
 def make_client_key(path: Path) -> str:
@@ -42,16 +42,6 @@ def connect(vm: LocalVm, key_path: Path, user: str = "ferry", host_key: str | No
     kind, blob = (host_key or vm.host_key_public).split()[:2]
     client.get_host_keys().add(f"[127.0.0.1]:{vm.ssh_port}", kind, paramiko.Ed25519Key(data=base64.b64decode(blob)))
     return conn
-
-
-def wait_for(pred, timeout: float = 10.0, interval: float = 0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    return pred()
 
 
 @pytest.fixture

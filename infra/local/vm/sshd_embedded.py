@@ -284,7 +284,8 @@ class EmbeddedSshd:
             for conn in list(self._conns):
                 conn.abort()
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=5)
+            # a hang guard, not a speed bound: under load the loop thread can lag by seconds
+            asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=30)
 
     def stop(self) -> None:
         """Stop listening and abort every connection (the caller kills the processes)."""
@@ -299,7 +300,7 @@ class EmbeddedSshd:
             await asyncio.sleep(0)
 
         try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
         except Exception:
             pass
 
