@@ -8,11 +8,18 @@ commands that need them, so `--help` stays fast.
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+try:
+    import click
 
-from infra.errors import FerryError
+    from infra.errors import FerryError
+except ModuleNotFoundError as _missing:  # run outside ferry's environment: one line, no traceback
+    sys.exit(f"error: ferry's dependencies are not installed here ({_missing}); install them with "
+             "`python3 -m venv .venv && .venv/bin/pip install -e .`, then run `.venv/bin/ferry` (see README.md)")
+
+PROG = "cli.py"
 
 
 class Context:
@@ -348,8 +355,9 @@ def _usage_line(exc: click.UsageError) -> str:
     message = " ".join(exc.format_message().split()).rstrip(".")
     if message[:1].isupper() and not message[1:2].isupper():
         message = message[0].lower() + message[1:]
-    path = exc.ctx.command_path if exc.ctx is not None else "cli.py"
-    return f"error: {message} (see `python {path} --help`)"
+    path = exc.ctx.command_path if exc.ctx is not None else PROG
+    python = "python " if path.startswith("cli.py") else ""
+    return f"error: {message} (see `{python}{path} --help`)"
 
 
 def run_cli(argv=None) -> int:
@@ -372,7 +380,7 @@ def _run(argv) -> int:
         argv.remove("--json")
         argv.insert(0, "--json")
     try:
-        main.main(args=argv, prog_name="cli.py", standalone_mode=False)
+        main.main(args=argv, prog_name=PROG, standalone_mode=False)
     except FerryError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -387,6 +395,10 @@ def _run(argv) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # an optional dependency a command needs (e.g. the tf extra)
+        extra = " (`pip install -e '.[tf]'`)" if exc.name and exc.name.split(".")[0] in ("tensorflow", "tensorboard") else ""
+        click.echo(f"error: {exc.name or exc} is not installed in this environment{extra}", err=True)
+        return 2
     if interrupts.received():  # a signal arrived during a teardown that then completed
         _echo_safe("interrupted")
         return interrupts.exit_code()
@@ -398,6 +410,13 @@ def _echo_safe(text: str) -> None:
         click.echo(text, err=True)
     except OSError:  # the terminal went away (SIGHUP)
         pass
+
+
+def console() -> None:
+    """The `ferry` console script (installed by `pip install`): the same CLI under its own name."""
+    global PROG
+    PROG = os.path.basename(sys.argv[0]) or "ferry"
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":
