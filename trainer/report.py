@@ -52,21 +52,27 @@ class Run:
 
 
 def best_accuracy(summary: dict | None, metrics: list[dict] | None = None) -> float | None:
-    """The highest test accuracy a run reports (summary first, else its metrics), as 0..1."""
+    """The run's best test accuracy, as 0..1: the highest over its epochs, and for a job with
+    NN and NN+SVM heads the better head's (q6: the best of its four conditions). From the
+    summary first, else from its metrics (a run still going, or one that died): the same
+    rule, so `runs`, `run`'s last line and the report's "Best test accuracy" agree."""
     summary = summary or {}
     svm = summary.get("svm") if isinstance(summary.get("svm"), dict) else {}
     for key in ("best_test_accuracy", "best_accuracy", "test_accuracy", "accuracy"):
         value = summary.get(key)
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             other = svm.get("best_test_accuracy")  # NN+SVM jobs: the better of the two heads
             return float(max(value, other)) if isinstance(other, (int, float)) else float(value)
     best = None
     for row in metrics or ():
-        for key in ("test_accuracy", "accuracy", "test_acc", "val_accuracy"):
-            value = row.get(key)
-            if isinstance(value, (int, float)):
-                best = value if best is None else max(best, value)
-                break
+        if not isinstance(row, dict):
+            continue
+        for keys in (("test_accuracy", "accuracy", "test_acc", "val_accuracy"), ("svm_test_accuracy",)):
+            for key in keys:  # the first of the NN's names, and the NN+SVM head's
+                value = row.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    best = float(value) if best is None else max(best, float(value))
+                    break
     return best
 
 
