@@ -1,8 +1,10 @@
 """The only place the backends differ: endpoints and credentials for the official clients.
 
-`compute(settings)` -> `Compute`, a bundle of compute_v1 clients built with one endpoint and
-one set of credentials, plus the pacing the backend calls for (how often to poll an
-operation, how long to watch a new VM for a late stockout, how long SSH may take).
+`compute(settings)` -> `Compute`: Compute Engine over REST (infra.gce: the requests compute_v1's
+REST transport sends, without its ~1 s import) with one endpoint and one set of credentials,
+plus the pacing the backend calls for (how often to poll an operation, how long to watch a new
+VM for a late stockout, how long SSH may take). `compute_api()`: the official compute_v1
+package for what still wants its types (dry-run body checks, tests against the local cloud).
 `storage_client(settings)` -> google.cloud.storage.Client. Everything above this module is
 one code path for `gcp` and `local`.
 """
@@ -108,15 +110,50 @@ def credentials(settings: Settings):
 
 
 _ANNOUNCED: set = set()
+LOCAL_LINE = "backend: local (no GCP project configured: --project P or GOOGLE_CLOUD_PROJECT)"
 
 
 def _announce_local(settings: Settings) -> None:
-    """The first time a command talks to the local cloud because no GCP project is configured,
-    say so in one line (stderr). Bad input fails before this, so its error stays one line."""
-    if str(settings.sources.get("backend", "")).startswith("default") and str(settings.home) not in _ANNOUNCED:
-        _ANNOUNCED.add(str(settings.home))
-        print("backend: local (no GCP project configured; set --project or GOOGLE_CLOUD_PROJECT for Google Cloud)",
-              file=sys.stderr, flush=True)
+    """Say in one line (stderr) that commands talk to the local cloud because no GCP project is
+    configured: once per shell session (the first command a shell runs with this FERRY_HOME),
+    and on every command with -v. Bad input fails before this, so its error stays one line."""
+    if not str(settings.sources.get("backend", "")).startswith("default") or str(settings.home) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(str(settings.home))
+    if settings.verbose or _first_in_this_shell(settings.home):
+        print(LOCAL_LINE, file=sys.stderr, flush=True)
+
+
+def _first_in_this_shell(home) -> bool:
+    """Whether no command of this shell (the parent process, told apart from a later one with
+    the same pid by its start time) said the line yet; remembers that it now has."""
+    import json
+    import os
+    from pathlib import Path
+
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/stat", "rb") as f:
+            started = f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        started = "?"
+    me = f"{ppid}:{started}"
+    path = Path(home) / "announced.json"
+    try:
+        seen = json.loads(path.read_text())
+        seen = seen if isinstance(seen, list) else []
+    except (OSError, ValueError):
+        seen = []
+    if me in seen:
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".announced.{os.getpid()}")
+        tmp.write_text(json.dumps((seen + [me])[-64:]))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return True
 
 
 def endpoints(settings: Settings) -> dict:
@@ -142,36 +179,39 @@ def scaled(pacing: Pacing, scale: float, floor: Pacing) -> Pacing:
 
 @dataclass
 class Compute:
-    """compute_v1 clients sharing one endpoint and credentials (each built on first use)."""
+    """Compute Engine for one backend: `infra.gce.Gce` (REST, plain-dict results) with one endpoint
+    and one set of credentials, its services as attributes (`instances`, `zone_operations`,
+    `accelerator_types`, `machine_types`, `zones`, `regions`, `projects`), and the pacing."""
 
     project: str
     backend: str
     endpoint: str | None
     creds: object
     pacing: Pacing
-    _clients: dict = field(default_factory=dict, repr=False)
+    _api: object = field(default=None, repr=False)
 
-    def _client(self, kind: str):
-        if kind not in self._clients:
-            compute_v1 = compute_api()
-            options = {"api_endpoint": self.endpoint} if self.endpoint else None
-            self._clients[kind] = getattr(compute_v1, kind)(credentials=self.creds, client_options=options)
-        return self._clients[kind]
+    @property
+    def api(self):
+        if self._api is None:
+            from infra.gce import Gce
 
-    instances = property(lambda self: self._client("InstancesClient"))
-    zone_operations = property(lambda self: self._client("ZoneOperationsClient"))
-    accelerator_types = property(lambda self: self._client("AcceleratorTypesClient"))
-    machine_types = property(lambda self: self._client("MachineTypesClient"))
-    zones = property(lambda self: self._client("ZonesClient"))
-    regions = property(lambda self: self._client("RegionsClient"))
-    projects = property(lambda self: self._client("ProjectsClient"))
+            self._api = Gce(self.creds, self.endpoint)
+        return self._api
+
+    instances = property(lambda self: self.api.instances)
+    zone_operations = property(lambda self: self.api.zone_operations)
+    accelerator_types = property(lambda self: self.api.accelerator_types)
+    machine_types = property(lambda self: self.api.machine_types)
+    zones = property(lambda self: self.api.zones)
+    regions = property(lambda self: self.api.regions)
+    projects = property(lambda self: self.api.projects)
 
 
 _CACHE: dict = {}
 
 
 def compute(settings: Settings) -> Compute:
-    """The Compute Engine clients for SETTINGS' backend (starts the local service if needed)."""
+    """Compute Engine for SETTINGS' backend (starts the local service if needed)."""
     key = (settings.backend, settings.project, str(settings.home))
     bundle = _CACHE.get(key)
     if bundle is None:

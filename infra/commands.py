@@ -42,7 +42,8 @@ def _when(dt: datetime | None, now: datetime) -> str:
     if dt is None:
         return "-"
     delta = (dt - now).total_seconds()
-    local = dt.astimezone().strftime("%Y-%m-%d %H:%M")
+    here = dt.astimezone()
+    local = here.strftime("%H:%M" if here.date() == now.astimezone().date() else "%Y-%m-%d %H:%M")
     return f"{local} (in {_dur(delta)})" if delta >= 0 else f"{local} ({_dur(-delta)} ago)"
 
 
@@ -139,6 +140,9 @@ def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max
                  f"{_money(plan.max_cost)} before its {plan.max_hours:g} h limit deletes it. Create it?", yes)
     with _Live() as live:
         vm = provision.up(settings, progress=live, **options)
+    from infra import sshconfig
+
+    sshconfig.add(settings.home, vm)  # `ssh ferry-NAME`, scp, rsync: the same pinned key
     if settings.json:
         return _emit_json(vm.as_dict())
     _print_vm(vm, settings)
@@ -163,6 +167,12 @@ def _print_plan(plan, settings: Settings) -> None:
     out.print(json.dumps(plan.body, indent=2), markup=False)
 
 
+def _alias(name: str) -> str:
+    from infra import sshconfig
+
+    return sshconfig.alias(name)
+
+
 def _print_vm(vm, settings: Settings) -> None:
     out = _out()
     now = datetime.now(timezone.utc)
@@ -174,7 +184,7 @@ def _print_vm(vm, settings: Settings) -> None:
         ("GPU", f"{vm.gpu_count} x {vm.gpu} on {vm.machine_type}" if vm.gpu else f"none, {vm.machine_type}"),
         ("price", f"{_money(vm.price_per_hour)}/h{' (spot)' if vm.spot else ''} (approximate)"),
         ("auto-delete", _when(vm.auto_delete_at, now)),
-        ("ssh", f"ssh -i {vm.key_path} -p {vm.port} {vm.user}@{vm.host}"),
+        ("ssh", f"python cli.py ssh {vm.name}   (or `ssh {_alias(vm.name)}` with `python cli.py ssh-config --install`)"),
         ("delete", f"python cli.py down {vm.name}"),
     ]
     for key, value in rows:
@@ -199,7 +209,7 @@ def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
         inst = provision.find(compute, settings, vm)
         if inst is None:
             return _report_down(settings, [vm], {vm: False})
-        labels, zone = dict(inst.labels), inst.zone.rsplit("/", 1)[-1]
+        labels, zone = dict(inst.get("labels") or {}), inst["zone"].rsplit("/", 1)[-1]
         if labels.get(render.MANAGED_BY) != "ferry":
             raise UsageError(f"VM {vm} in {zone} is not managed by ferry; not deleting it",
                              hint="ferry deletes only VMs with its label managed-by=ferry; nothing was deleted")
@@ -208,6 +218,8 @@ def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
         if theirs != owner():
             confirm(f"VM {vm} in {zone} belongs to {theirs!r}, not to you ({owner()}). Delete it anyway?", yes)
             proof = provision.Proof(any_owner=True)
+        else:  # like `gcloud compute instances delete`: ask, unless --yes
+            confirm(f"delete VM {vm} in {zone}{_describe(inst, labels)}?", yes)
         targets = [(vm, zone, proof)]
     else:
         vms = provision.list_vms(settings, mine_only=True)
@@ -219,12 +231,29 @@ def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
             raise UsageError("you have several VMs: name one or pass --all", hint="yours: " + ", ".join(v.name for v in vms))
         if dry_run or not chosen:
             return _report_down(settings, [v.name for v in chosen], {}, dry_run=dry_run)
-        if all_:
-            confirm(f"delete {len(chosen)} VM(s): {', '.join(v.name for v in chosen)}?", yes)
+        confirm(f"delete {len(chosen)} VM(s): {', '.join(v.name for v in chosen)}?" if len(chosen) > 1
+                else f"delete VM {chosen[0].name} in {chosen[0].zone}?", yes)
         targets = [(v.name, v.zone, provision.Proof()) for v in chosen]
     with _Live() as live:
         results = provision.delete_many(settings, targets, progress=live)
+    from infra import sshconfig
+
+    sshconfig.remove(settings.home, [t[0] for t in targets])
     _report_down(settings, [t[0] for t in targets], results)
+
+
+def _describe(inst, labels: dict) -> str:
+    """` (run RUN, 5 min old)`: what a person deciding on a delete wants to see."""
+    from infra.times import parse_time
+
+    bits = []
+    if labels.get("ferry-run"):
+        bits.append(f"of run {labels['ferry-run']}")
+    created = parse_time(getattr(inst, "creation_timestamp", None) or (inst.get("creationTimestamp")
+                                                                       if isinstance(inst, dict) else None))
+    if created is not None:
+        bits.append(f"up {_dur((datetime.now(timezone.utc) - created).total_seconds())}")
+    return f" ({', '.join(bits)})" if bits else ""
 
 
 def _report_down(settings, targets, results, dry_run=False):
@@ -250,6 +279,9 @@ def status(settings: Settings):
     from infra import provision
 
     vms = provision.list_vms(settings)
+    from infra import sshconfig
+
+    sshconfig.prune(settings.home, settings.project, [v.name for v in vms])  # entries of VMs gone go too
     now = datetime.now(timezone.utc)
     rows = []
     for v in vms:
@@ -263,23 +295,30 @@ def status(settings: Settings):
             {**v.as_dict(), "age_s": None if age is None else round(age, 1), "cost_so_far": billed,
              "owner": v.labels.get("ferry-owner"), "run": v.labels.get("ferry-run")}
             for v, age, billed in rows])
-    out = _out()
     if not rows:
-        out.print(f"no ferry VMs in project {settings.project} ({settings.backend} backend)")
+        _out().print(f"no ferry VMs in project {settings.project} ({settings.backend} backend)")
         return
-    from rich.table import Table
+    from infra.tables import Column, show
 
-    table = Table(title=f"ferry VMs in {settings.project} ({settings.backend})", title_justify="left")
-    for col in ("name", "zone", "status", "GPU", "machine", "owner", "run", "age", "$/h", "cost so far", "auto-delete"):
-        table.add_column(col, justify="right" if col in ("age", "$/h", "cost so far") else "left")
-    for v, age, billed in rows:
-        table.add_row(v.name, v.zone, v.status, f"{v.gpu_count} x {v.gpu}" if v.gpu else "-", v.machine_type,
-                      v.labels.get("ferry-owner", "-"), v.labels.get("ferry-run", "-"),
-                      "-" if age is None else _dur(age), _money(v.price_per_hour), _money(billed),
-                      _when(v.auto_delete_at, now))
-    out.print(table)
+    columns = [Column("name"), Column("zone", drop=4), Column("status"), Column("GPU"), Column("machine", drop=6),
+               Column("owner", drop=7), Column("run", drop=5), Column("age", right=True, drop=3),
+               Column("$/h", right=True, drop=2), Column("cost so far", right=True), Column("auto-delete", drop=1)]
+    colours = {"RUNNING": "green", "TERMINATED": "red", "STOPPING": "yellow", "PROVISIONING": "cyan", "STAGING": "cyan"}
+    table = [[v.name, v.zone, (v.status, colours.get(v.status)), f"{v.gpu_count} x {v.gpu}" if v.gpu else "-",
+              v.machine_type, v.labels.get("ferry-owner", "-"), v.labels.get("ferry-run", "-"),
+              "-" if age is None else _dur(age), _money(v.price_per_hour), _cost(billed), _when(v.auto_delete_at, now)]
+             for v, age, billed in rows]
     total = sum(b for _, _, b in rows if b)
-    out.print(f"total so far {_money(total)}; prices approximate (see `gpus`)")
+    show(columns, table, title=f"ferry VMs in {settings.project} ({settings.backend})",
+         notes=[f"total so far {_cost(total)} (approximate prices, see `gpus`; Compute Engine bills each VM "
+                "per second after its first minute)"])
+
+
+def _cost(value) -> str:
+    """Money spent so far: cents hide what a short-lived VM costs, so small sums get a tenth of one."""
+    if value is None:
+        return "?"
+    return f"${value:,.3f}" if value < 1 else f"${value:,.2f}"
 
 
 # --------------------------------------------------------------------------- cleanup
@@ -424,20 +463,19 @@ def gpus(json_output: bool = False):
     rows = gpu_rows()
     if json_output:
         return _emit_json(rows)
-    from rich.table import Table
+    from infra.tables import Column, show
 
-    table = Table(title="GPUs (prices: approximate USD/h, us-central1, on demand / spot)", title_justify="left")
-    for col in ("name", "API name", "memory", "series", "counts", "VM (1st count)", "$/h VM", "spot $/h", "end of life"):
-        table.add_column(col, justify="right" if col.startswith(("$", "spot", "memory")) else "left")
+    columns = [Column("name"), Column("API name", drop=5), Column("memory", right=True, drop=1),
+               Column("series", drop=2), Column("counts", drop=3), Column("VM (1st count)", drop=4),
+               Column("$/h VM", right=True), Column("spot $/h", right=True), Column("end of life")]
+    table = []
     for r in rows:
         eol = f"{r['end_of_life']} (use {r['successor']})" if r["end_of_life"] else "-"
-        table.add_row(r["name"], r["api"], f"{r['memory_gb']} GB", r["series"], ",".join(map(str, r["counts"])),
-                      r["vm_price_for"].split(" on ")[1], _money(r["vm_price_per_hour"]), _money(r["vm_spot_price_per_hour"]),
-                      eol, style="dim" if r["end_of_life"] else None)
-    out = _out()
-    out.print(table)
-    from infra import catalog
-
-    cat = catalog.load()
-    out.print("prices dated per GPU in infra/gpus.yaml; sources: " + "; ".join(f"{k}: {v}" for k, v in cat.sources.items()),
-              markup=False)
+        dim = "dim" if r["end_of_life"] else None
+        cells = [r["name"], r["api"], f"{r['memory_gb']} GB", r["series"], ",".join(map(str, r["counts"])),
+                 r["vm_price_for"].split(" on ")[1], _money(r["vm_price_per_hour"]),
+                 _money(r["vm_spot_price_per_hour"]), eol]
+        table.append([(c, dim) for c in cells])
+    show(columns, table, title="GPUs: approximate USD/h in us-central1 (the whole VM; on demand, spot)",
+         notes=["prices are dated per GPU (`gpus --json` shows each date and source); check "
+                "cloud.google.com/compute/gpus-pricing before trusting a bill to the cent"])

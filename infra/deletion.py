@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from infra import render, state
+from infra import gce, render, state
 from infra.errors import CloudError
 from infra.operations import Failure, from_exception, wait
 from infra.settings import Settings, owner
@@ -38,13 +38,13 @@ class NotOurs(CloudError):
 
 
 def refusal(inst, proof: Proof, me: str | None = None) -> str | None:
-    """None when PROOF shows the fetched instance INST is ferry's to delete, else why not."""
+    """None when PROOF shows the fetched instance INST (the API's JSON) is ferry's to delete, else why not."""
     me = me or owner()
     if proof.instance_id:
-        if str(inst.id) == str(proof.instance_id):
+        if str(inst.get("id")) == str(proof.instance_id):
             return None
-        return f"its instance id {inst.id} is not {proof.instance_id}, the VM ferry created under that name"
-    labels = dict(inst.labels)
+        return f"its instance id {inst.get('id')} is not {proof.instance_id}, the VM ferry created under that name"
+    labels = dict(inst.get("labels") or {})
     if labels.get(render.MANAGED_BY) != "ferry":
         return "it is not managed by ferry (no label managed-by=ferry)"
     if proof.run_id and labels.get(render.LABEL_RUN) != proof.run_id:
@@ -60,26 +60,22 @@ def _last(url: str) -> str:
 
 
 def _fetch(compute, zone: str, name: str):
-    from google.api_core import exceptions as gexc
-
     try:
         return compute.instances.get(project=compute.project, zone=zone, instance=name)
-    except gexc.NotFound:
+    except gce.NotFound:
         return None
 
 
 def _issue(compute, zone: str, name: str, deadline: float):
     """instances.delete, retried while the instance is not ready (an insert still running) or
     the API answers 429/503, until DEADLINE -> the operation, or None when it is already gone."""
-    from google.api_core import exceptions as gexc
-
     while True:
         try:
             return compute.instances.delete(project=compute.project, zone=zone, instance=name)
-        except gexc.NotFound:
+        except gce.NotFound:
             return None
-        except (gexc.BadRequest, gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.Conflict,
-                gexc.InternalServerError) as exc:
+        except (gce.BadRequest, gce.ServiceUnavailable, gce.TooManyRequests, gce.Conflict,
+                gce.InternalServerError) as exc:
             if time.monotonic() > deadline:
                 raise from_exception(exc, zone) from None
             time.sleep(max(compute.pacing.poll_s, 0.2))
@@ -118,8 +114,8 @@ def delete_many(settings: Settings, targets: list, progress: Progress | None = N
             continue
         why = refusal(inst, proof, me)
         if why:
-            raise NotOurs(f"not deleting VM {name} in {_last(inst.zone)}: {why}", hint="nothing was deleted")
-        checked.append((name, _last(inst.zone)))
+            raise NotOurs(f"not deleting VM {name} in {_last(inst['zone'])}: {why}", hint="nothing was deleted")
+        checked.append((name, _last(inst["zone"])))
     deadline = time.monotonic() + compute.pacing.delete_timeout_s
     issued = []
     for name, zone in checked:

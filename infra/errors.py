@@ -49,7 +49,13 @@ class NoCapacity(CloudError):
 
 
 class Interrupted(FerryError):
-    """Cancelled by a signal: exit 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    """Cancelled by a signal: exit 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    `said=True`: the command already told the user (e.g. `RUN cancelled in 7 s`); cli.py then
+    prints nothing more."""
+
+    def __init__(self, message: str, *, hint: str | None = None, said: bool = False):
+        super().__init__(message, hint=hint)
+        self.said = said
 
     @property
     def exit_code(self) -> int:

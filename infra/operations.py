@@ -1,9 +1,8 @@
 """Waiting on zone operations, and classifying every Compute Engine failure in one place.
 
-`wait()` polls `ZoneOperationsClient.wait` (best effort: it may return before DONE) built with
-the same endpoint and credentials as the call that started the operation, until DONE, then
-reads `operation.error.errors` itself. (An ExtendedOperation's `.result()` would poll the
-real API even on the local backend, and returns None on some errors.)
+`wait()` polls `zoneOperations.wait` (best effort: it may return before DONE) with the same
+endpoint and credentials as the call that started the operation (infra.gce), until DONE, then
+reads the Operation's `error.errors` itself. Operations are the API's JSON (camelCase dicts).
 
 `classify()` maps an error code/message to what the provisioner does next:
   ZONE   - try the next zone (stockouts, capacity, resource not ready, rate limits)
@@ -77,20 +76,16 @@ def _details(entry: dict) -> tuple[list, str | None]:
     return zones, metric
 
 
-def from_operation(op, zone: str | None = None) -> Failure | None:
-    """The operation's first error as a Failure, or None when it succeeded."""
-    from infra.clients import compute_api
-
-    compute_v1 = compute_api()
-
-    data = compute_v1.Operation.to_dict(op)
+def from_operation(op: dict, zone: str | None = None) -> Failure | None:
+    """The operation's (JSON) first error as a Failure, or None when it succeeded."""
+    data = op
     errors = ((data.get("error") or {}).get("errors")) or []
     if not errors:
         return None
     first = errors[0]
     zones, metric = _details(first)
     code = first.get("code") or "UNKNOWN"
-    message = "; ".join(e.get("message", "") for e in errors if e.get("message")) or data.get("http_error_message", "")
+    message = "; ".join(e.get("message", "") for e in errors if e.get("message")) or data.get("httpErrorMessage", "")
     return Failure(classify(code, message, metric), code, message, zone, zones, metric)
 
 
@@ -140,15 +135,15 @@ def is_timeout(exc: BaseException) -> bool:
 
 
 def wait(compute, operation, zone: str, *, timeout: float | None = None, what: str = "operation"):
-    """Poll zone operation OPERATION (an ExtendedOperation or Operation or its name) until DONE.
+    """Poll zone operation OPERATION (an Operation dict or its name) until DONE.
 
     Each `zoneOperations.wait` call has a client timeout of `pacing.wait_call_s` (GCE holds the
     call up to about 2 minutes and may answer before DONE); a call that times out means "still
     running: wait again", bounded by TIMEOUT for the whole operation. Connection errors are
     retried for UNREACHABLE_AFTER_S, then the API is unreachable (Failure UNREACHABLE).
-    Returns the finished Operation; raises Failure when it carries errors, CloudError on timeout.
+    Returns the finished Operation (dict); raises Failure when it carries errors, CloudError on timeout.
     """
-    name = operation if isinstance(operation, str) else operation.name
+    name = operation if isinstance(operation, str) else operation["name"]
     timeout = timeout or compute.pacing.op_timeout_s
     deadline = time.monotonic() + timeout
     unreachable_since = None
@@ -182,6 +177,5 @@ def wait(compute, operation, zone: str, *, timeout: float | None = None, what: s
         time.sleep(compute.pacing.poll_s)
 
 
-def _status(obj) -> str:
-    status = getattr(obj, "status", "")
-    return getattr(status, "name", str(status))
+def _status(op: dict) -> str:
+    return str(op.get("status") or "")

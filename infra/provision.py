@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from infra import catalog, interrupts, keys, render, state, templates
+from infra import catalog, gce, interrupts, keys, render, state, templates
 from infra.deletion import Proof, delete, delete_many  # noqa: F401  (re-exported: one deletion path)
 from infra.errors import CloudError, NoCapacity, UsageError
 from infra.operations import FATAL, REGION, Failure, from_exception, is_timeout, wait
@@ -224,29 +224,31 @@ def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max
 
 
 def _reuse(compute, settings, inst, spec, key_path, say, extra=None):
-    """The VM exists: reuse it when it is ours and matches; None when it was dead and is now deleted."""
-    zone = _last(inst.zone)
-    labels = dict(inst.labels)
+    """The VM (INST, the API's JSON) exists: reuse it when it is ours and matches; None when it
+    was dead and is now deleted."""
+    zone, name, status = _last(inst["zone"]), inst["name"], inst.get("status", "")
+    labels = dict(inst.get("labels") or {})
+    machine = _last(inst.get("machineType", ""))
     if labels.get(render.MANAGED_BY) != "ferry":
-        raise UsageError(f"VM {inst.name} exists in {zone} and is not managed by ferry", hint="choose another --name")
+        raise UsageError(f"VM {name} exists in {zone} and is not managed by ferry", hint="choose another --name")
     if labels.get(render.LABEL_OWNER) != owner():
-        raise UsageError(f"VM {inst.name} in {zone} belongs to {labels.get(render.LABEL_OWNER)!r}", hint="choose another --name")
+        raise UsageError(f"VM {name} in {zone} belongs to {labels.get(render.LABEL_OWNER)!r}", hint="choose another --name")
     wanted_run = (extra or {}).get(render.LABEL_RUN)
     if labels.get(render.LABEL_RUN) != wanted_run:
-        raise UsageError(f"VM {inst.name} exists in {zone} as the VM of "
+        raise UsageError(f"VM {name} exists in {zone} as the VM of "
                          + (f"run {labels[render.LABEL_RUN]}" if labels.get(render.LABEL_RUN) else "no run"),
                          hint="choose another --name")
-    if _last(inst.machine_type) != spec.machine_type:
-        raise UsageError(f"VM {inst.name} exists in {zone} as {_last(inst.machine_type)}, not {spec.machine_type}",
-                         hint=f"run `down {inst.name}` first or choose another --name")
-    if inst.status in GONE_STATES:
-        say(f"{inst.name} in {zone} is {inst.status}: deleting it and creating a new one")
-        with interrupts.shielded(f"deleting {inst.name} first; please wait"):
-            delete(settings, inst.name, zone, Proof(), compute=compute)
+    if machine != spec.machine_type:
+        raise UsageError(f"VM {name} exists in {zone} as {machine}, not {spec.machine_type}",
+                         hint=f"run `down {name}` first or choose another --name")
+    if status in GONE_STATES:
+        say(f"{name} in {zone} is {status}: deleting it and creating a new one")
+        with interrupts.shielded(f"deleting {name} first; please wait"):
+            delete(settings, name, zone, Proof(), compute=compute)
         interrupts.check()
         return None
-    say(f"{inst.name} exists in {zone} and is ours: reusing it")
-    vm = _wait_ready(compute, settings, inst.name, zone, key_path, say, settle=False)
+    say(f"{name} exists in {zone} and is ours: reusing it")
+    vm = _wait_ready(compute, settings, name, zone, key_path, say, settle=False)
     vm.created = False
     _pin(settings, vm)
     return vm
@@ -265,24 +267,22 @@ def _zone_order(preferred: str, zones: list[str]) -> list[str]:
 
 def _candidate_zones(compute, preferred: str) -> list[str]:
     zones = list(compute.zones.list(project=compute.project))
-    names = [z.name for z in zones]
+    names = [z["name"] for z in zones]
     if preferred not in names:
         from infra.errors import unknown
 
         raise unknown("zone", preferred, names)
-    up_zones = [z.name for z in zones if str(z.status or "UP") != "DOWN"]
+    up_zones = [z["name"] for z in zones if str(z.get("status") or "UP") != "DOWN"]
     return _zone_order(preferred, up_zones)
 
 
 def _offers(compute, zone: str, spec) -> bool:
-    from google.api_core import exceptions as gexc
-
     try:
         if spec.gpu is not None:
             compute.accelerator_types.get(project=compute.project, zone=zone, accelerator_type=spec.gpu.api)
         if spec.gpu is None or spec.gpu.attach == "machine-type":
             compute.machine_types.get(project=compute.project, zone=zone, machine_type=spec.machine_type)
-    except gexc.NotFound:
+    except gce.NotFound:
         return False
     return True
 
@@ -296,9 +296,9 @@ def _quota_room(compute, region: str, spec) -> float | None:
         reg = compute.regions.get(project=compute.project, region=region)
     except Exception:
         return None
-    for q in reg.quotas:
-        if q.metric == metric:
-            return q.limit - q.usage
+    for q in reg.get("quotas") or []:
+        if q.get("metric") == metric:
+            return float(q.get("limit", 0)) - float(q.get("usage", 0))
     return None
 
 
@@ -378,7 +378,7 @@ class _Creation:
         compute, settings, name, say = self.compute, self.settings, self.name, self.say
         body = render.body(self.spec, name=name, zone=zone, owner=owner(), ssh_keys=keys.ssh_keys_metadata(self.pub),
                            extra_labels=self.extra, extra_metadata=self.metadata)
-        instance = render.instance(body)
+        instance = body  # sent as built: render.body is the exact JSON (test_render round-trips it through compute_v1)
         request_id = str(uuid.uuid4())
         say(f"creating {name} ({self.spec.gpu_label}, {self.spec.machine_type}) in {zone}")
         try:
@@ -391,13 +391,13 @@ class _Creation:
             with interrupts.shielded(f"finding out whether {name} was created, to delete it; please wait"):
                 self._undo_unknown(zone, instance, request_id, exc)
             raise
-        instance_id = str(getattr(op, "target_id", "") or "") or None
+        instance_id = str(op.get("targetId") or "") or None
         try:
             state.remember(settings, name, zone=zone, id=instance_id, created=datetime.now(timezone.utc).isoformat())
             if self.on_insert is not None:
                 self.on_insert(name, zone, instance_id)
-            for w in getattr(op, "warnings", None) or []:
-                say(f"warning: {w.code}: {w.message}")
+            for w in op.get("warnings") or []:
+                say(f"warning: {w.get('code')}: {w.get('message')}")
             wait(compute, op, zone, what=f"creating {name}", timeout=compute.pacing.insert_timeout_s)
             vm = _wait_ready(compute, settings, name, zone, self.key_path, say, settle=True)
             vm.created = True
@@ -427,7 +427,7 @@ class _Creation:
         except Exception as again:
             self.say(f"warning: could not tell whether {self.name} was created ({again}); see `python cli.py status`")
             return
-        instance_id = str(getattr(op, "target_id", "") or "") or None
+        instance_id = str(op.get("targetId") or "") or None
         self._undo(zone, Proof(instance_id=instance_id) if instance_id else self._label_proof(),
                    "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
 
@@ -455,25 +455,19 @@ def _hint(failure: Failure) -> str:
 
 
 def _insert(compute, zone, instance, request_id):
-    """instances.insert, retrying transient HTTP errors with the same requestId (idempotent)."""
-    from google.api_core import exceptions as gexc
-
-    from infra.clients import compute_api
-
-    compute_v1 = compute_api()
-
-    request = compute_v1.InsertInstanceRequest(project=compute.project, zone=zone, instance_resource=instance,
-                                               request_id=request_id)
+    """instances.insert (INSTANCE: the body's JSON) -> the Operation, retrying transient HTTP errors
+    with the same requestId (idempotent)."""
     delay = compute.pacing.poll_s
     for attempt in range(4):
         try:
-            return compute.instances.insert(request=request, timeout=compute.pacing.wait_call_s)
-        except (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError, gexc.GatewayTimeout) as exc:
+            return compute.instances.insert(project=compute.project, zone=zone, instance_resource=instance,
+                                            request_id=request_id, timeout=compute.pacing.wait_call_s)
+        except (gce.ServiceUnavailable, gce.TooManyRequests, gce.InternalServerError, gce.GatewayTimeout) as exc:
             if attempt == 3:
                 raise from_exception(exc, zone) from None
             time.sleep(delay)
             delay *= 2
-        except gexc.GoogleAPICallError as exc:
+        except gce.GoogleAPICallError as exc:
             raise from_exception(exc, zone) from None
         except Exception as exc:  # a timeout: asking again with the same requestId is safe
             if not is_timeout(exc) or attempt == 3:
@@ -483,8 +477,6 @@ def _insert(compute, zone, instance, request_id):
 def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -> Vm:
     """Until the VM is RUNNING, publishes its host key, answers SSH with it, and (new VMs) has
     stayed RUNNING for pacing.settle_s. A VM that stops meanwhile is a stockout (Failure ZONE)."""
-    from google.api_core import exceptions as gexc
-
     from infra import ssh
 
     pacing = compute.pacing
@@ -499,12 +491,13 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
     while True:
         try:
             inst = compute.instances.get(project=compute.project, zone=zone, instance=name)
-        except gexc.NotFound:
+        except gce.NotFound:
             raise Failure("zone", "STOCKOUT", f"{name} disappeared just after creation", zone) from None
-        if inst.status in GONE_STATES:
-            message = inst.status_message or "no reason given"
-            raise Failure("zone", "STOCKOUT", f"{name} went {inst.status} just after creation ({message})", zone)
-        if inst.status == "RUNNING":
+        status = inst.get("status", "")
+        if status in GONE_STATES:
+            message = inst.get("statusMessage") or "no reason given"
+            raise Failure("zone", "STOCKOUT", f"{name} went {status} just after creation ({message})", zone)
+        if status == "RUNNING":
             running_since = running_since or time.monotonic()
             if host_key is None:
                 host_key = ssh.host_key_from_guest(compute, zone, name)
@@ -528,12 +521,12 @@ def _wait_ready(compute, settings, name, zone, key_path, say, *, settle: bool) -
                 return vm
         elapsed = time.monotonic() - start
         if time.monotonic() > deadline:
-            stage = "SSH" if host_key else ("its host key" if inst.status == "RUNNING" else "RUNNING")
+            stage = "SSH" if host_key else ("its host key" if status == "RUNNING" else "RUNNING")
             raise CloudError(f"{name} in {zone} did not get to {stage} within {pacing.ssh_timeout_s:.0f} s"
                              + (f" (last: {last})" if last else ""),
                              hint="check that the network's firewall allows tcp:22 and that guest attributes are enabled")
         step = "answering SSH" if ssh_ok else ("waiting for SSH" if host_key else "waiting for its host key")
-        message = (f"{name} in {zone}: {inst.status}, {step if inst.status == 'RUNNING' else 'booting'} ({elapsed:.0f} s)"
+        message = (f"{name} in {zone}: {status}, {step if status == 'RUNNING' else 'booting'} ({elapsed:.0f} s)"
                    + (f" - {last}" if last and not ssh_ok else ""))
         if message != said:  # polls are fast; say each state once (and once a second while it lasts)
             say(message)
@@ -546,7 +539,7 @@ def _oslogin_hint(compute) -> str:
     enforced = False
     try:
         project = compute.projects.get(project=compute.project)
-        items = {i.key: i.value for i in project.common_instance_metadata.items}
+        items = {i.get("key"): i.get("value") for i in (project.get("commonInstanceMetadata") or {}).get("items") or []}
         enforced = str(items.get("enable-oslogin", "")).upper() == "TRUE"
     except Exception:
         pass
@@ -561,67 +554,60 @@ def _last(url: str) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-def vm_from_instance(inst, settings: Settings, key_path: Path | None = None, *, host_key=None, port=22,
+def vm_from_instance(inst: dict, settings: Settings, key_path: Path | None = None, *, host_key=None, port=22,
                      user: str | None = None) -> Vm:
+    """A Vm from INST, the instance as the API's JSON (camelCase)."""
     cat = catalog.load()
-    machine = _last(inst.machine_type)
+    machine = _last(inst.get("machineType", ""))
     gpu, count = None, 0
-    if inst.guest_accelerators:
-        acc = inst.guest_accelerators[0]
-        gpu, count = cat.by_api(_last(acc.accelerator_type)), acc.accelerator_count
+    accelerators = inst.get("guestAccelerators") or []
+    if accelerators:
+        acc = accelerators[0]
+        gpu, count = cat.by_api(_last(acc.get("acceleratorType", ""))), int(acc.get("acceleratorCount") or 0)
     else:
         found = cat.by_machine_type(machine)
         if found:
             gpu, count = found
-    sched = inst.scheduling
-    spot = getattr(sched.provisioning_model, "name", str(sched.provisioning_model)) == "SPOT" or sched.provisioning_model == "SPOT"
-    created = parse_time(inst.creation_timestamp)
-    started = parse_time(getattr(inst, "last_start_timestamp", "")) or created
-    auto_delete = None
-    try:
-        auto_delete = parse_time(inst.resource_status.scheduling.termination_timestamp)
-    except AttributeError:
-        pass
-    if auto_delete is None and "max_run_duration" in sched and started:
-        auto_delete = started + timedelta(seconds=sched.max_run_duration.seconds)
-    meta = {item.key: item.value for item in inst.metadata.items} if "metadata" in inst else {}
+    sched = inst.get("scheduling") or {}
+    spot = sched.get("provisioningModel") == "SPOT"
+    created = parse_time(inst.get("creationTimestamp"))
+    started = parse_time(inst.get("lastStartTimestamp")) or created
+    auto_delete = parse_time(((inst.get("resourceStatus") or {}).get("scheduling") or {}).get("terminationTimestamp"))
+    if auto_delete is None and sched.get("maxRunDuration") and started:
+        auto_delete = started + timedelta(seconds=int(sched["maxRunDuration"].get("seconds") or 0))
+    meta = {item.get("key"): item.get("value") for item in (inst.get("metadata") or {}).get("items") or []}
     host = None
-    for nic in inst.network_interfaces:
-        for ac in nic.access_configs:
-            host = host or ac.nat_i_p or None
+    for nic in inst.get("networkInterfaces") or []:
+        for ac in nic.get("accessConfigs") or []:
+            host = host or ac.get("natIP") or None
+    labels = dict(inst.get("labels") or {})
     return Vm(
-        name=inst.name, zone=_last(inst.zone), project=settings.project, host=host, port=int(port or 22),
+        name=inst["name"], zone=_last(inst.get("zone", "")), project=settings.project, host=host, port=int(port or 22),
         user=user or keys.SSH_USER, key_path=Path(key_path or keys.key_path(settings.home)), host_key=host_key,
         gpu=gpu.name if gpu else None, gpu_count=int(count), machine_type=machine,
         price_per_hour=cat.price(gpu, count, machine, spot), auto_delete_at=auto_delete,
-        labels=dict(inst.labels), status=str(inst.status), created_at=created, spot=spot,
-        id=str(inst.id) if inst.id else None, run_bucket=meta.get(RUN_BUCKET_KEY),
+        labels=labels, status=str(inst.get("status", "")), created_at=created, spot=spot,
+        id=str(inst["id"]) if inst.get("id") else None, run_bucket=meta.get(RUN_BUCKET_KEY),
     )
 
 
 def _aggregated(compute, filt: str):
-    from infra.clients import compute_api
-
-    compute_v1 = compute_api()
-
-    request = compute_v1.AggregatedListInstancesRequest(project=compute.project, filter=filt)
-    return compute.instances.aggregated_list(request=request)
+    """Every instance (dict) matching FILT in every zone, across pages."""
+    for _, scoped in compute.instances.aggregated_list(project=compute.project, filter=filt):
+        yield from scoped.get("instances") or []
 
 
-def find(compute, settings: Settings, name: str):
-    """The instance called NAME in any zone (state's zone first), or None."""
-    from google.api_core import exceptions as gexc
-
+def find(compute, settings: Settings, name: str) -> dict | None:
+    """The instance called NAME (the API's JSON) in any zone (state's zone first), or None."""
     remembered = state.recall(settings, name)
     if remembered and remembered.get("zone"):
         try:
             return compute.instances.get(project=compute.project, zone=remembered["zone"], instance=name)
-        except gexc.NotFound:
+        except gce.NotFound:
             state.forget(settings, name)
-    for _, scoped in _aggregated(compute, f"name = {name}"):
-        for inst in scoped.instances:
-            if inst.name == name:
-                return inst
+    for inst in _aggregated(compute, f"name = {name}"):
+        if inst.get("name") == name:
+            return inst
     return None
 
 
@@ -631,11 +617,11 @@ def get(settings: Settings, name: str) -> Vm | None:
 
     compute = clients.compute(settings)
     inst = find(compute, settings, name)
-    if inst is None or dict(inst.labels).get(render.MANAGED_BY) != "ferry":
+    if inst is None or (inst.get("labels") or {}).get(render.MANAGED_BY) != "ferry":
         return None
-    zone = _last(inst.zone)
+    zone = _last(inst["zone"])
     host_key, port, user = None, 22, None
-    if inst.status == "RUNNING":
+    if inst.get("status") == "RUNNING":
         host_key = ssh.host_key_from_guest(compute, zone, name)
         if host_key:
             port, user = ssh.login_from_guest(compute, zone, name)
@@ -666,9 +652,8 @@ def list_vms(settings: Settings, *, mine_only: bool = False) -> list[Vm]:
     if mine_only:
         filt += f" AND labels.{render.LABEL_OWNER} = {owner()}"
     out = []
-    for _, scoped in _aggregated(compute, filt):
-        for inst in scoped.instances:
-            labels = dict(inst.labels)
-            if labels.get(render.MANAGED_BY) == "ferry" and (not mine_only or labels.get(render.LABEL_OWNER) == owner()):
-                out.append(vm_from_instance(inst, settings))
+    for inst in _aggregated(compute, filt):
+        labels = inst.get("labels") or {}
+        if labels.get(render.MANAGED_BY) == "ferry" and (not mine_only or labels.get(render.LABEL_OWNER) == owner()):
+            out.append(vm_from_instance(inst, settings))
     return sorted(out, key=lambda v: (v.zone, v.name))

@@ -1,8 +1,10 @@
 """A resolved template (infra.templates.Spec) -> the Compute Engine Instance body.
 
-`body()` builds the REST body as plain JSON (what dry runs print, byte for byte what is
-sent); `instance()` turns it into a `compute_v1.Instance` (importing compute_v1, ~3 s, only
-when a real call is about to be made). Pure: no I/O, no clock except the caller's.
+`body()` builds the REST body as plain JSON (what dry runs print, byte for byte what
+infra.gce sends to instances.insert). `instance()` turns it into a `compute_v1.Instance`, which
+refuses unknown fields: the strict check tests/infra/test_render.py runs on every template
+(the body must round-trip through it exactly); no command imports compute_v1 for it (~1 s).
+Pure: no I/O, no clock except the caller's.
 """
 
 from __future__ import annotations

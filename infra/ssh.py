@@ -36,25 +36,23 @@ def parse_host_key(key_type: str, value: str) -> str:
     return f"{key_type} {blob}"
 
 
-def _guest(compute, zone: str, name: str, **query):
-    from infra.clients import compute_api
-
-    compute_v1 = compute_api()
-
-    request = compute_v1.GetGuestAttributesInstanceRequest(project=compute.project, zone=zone, instance=name, **query)
-    return compute.instances.get_guest_attributes(request=request)
+def _guest(compute, zone: str, name: str, namespace: str) -> dict:
+    """{key: value} of the VM's guest attributes under NAMESPACE/ (getGuestAttributes?queryPath=)."""
+    attrs = compute.instances.get_guest_attributes(project=compute.project, zone=zone, instance=name,
+                                                   query_path=f"{namespace}/")
+    items = (attrs.get("queryValue") or {}).get("items") or []
+    return {item.get("key"): item.get("value") for item in items if item.get("namespace") == namespace}
 
 
 def host_key_from_guest(compute, zone: str, name: str) -> str | None:
     """The VM's published host key as `TYPE BASE64`, or None while not published yet."""
-    from google.api_core import exceptions as gexc
+    from infra import gce
 
     try:
-        attrs = _guest(compute, zone, name, query_path="hostkeys/")
-    except (gexc.NotFound, gexc.BadRequest, gexc.Forbidden) as exc:
+        found = _guest(compute, zone, name, "hostkeys")
+    except (gce.NotFound, gce.BadRequest, gce.Forbidden) as exc:
         _refused_by_policy(exc)
         return None
-    found = {item.key: item.value for item in attrs.query_value.items if item.namespace == "hostkeys"}
     for key_type in HOST_KEY_TYPES:
         if found.get(key_type):
             return parse_host_key(key_type, found[key_type])
@@ -78,13 +76,12 @@ def login_from_guest(compute, zone: str, name: str) -> tuple[int, str | None]:
     """(port, user) from guest attributes `ssh/port` and `ssh/user`: (22, None) when absent, as on
     real GCE. The local backend publishes them (its VMs listen on their own ports; an OpenSSH-mode
     local VM logs in only the OS user that runs the service)."""
-    from google.api_core import exceptions as gexc
+    from infra import gce
 
     try:
-        attrs = _guest(compute, zone, name, query_path="ssh/")
-    except (gexc.NotFound, gexc.BadRequest):
+        found = _guest(compute, zone, name, "ssh")
+    except (gce.NotFound, gce.BadRequest):
         return 22, None
-    found = {item.key: item.value for item in attrs.query_value.items if item.namespace == "ssh"}
     try:
         port = int(found.get("port") or 22)
     except ValueError:

@@ -84,9 +84,11 @@ def test_up_status_ssh_down_round_trip(cloud, capsys):
     rc, out, _ = run(capsys, "--json", "up", "--gpu", "k80", "--name", "walk")
     assert rc == 0 and json.loads(out)["created"] is False and len(instances(cloud)) == 1
     # down, and down again
-    rc, out, _ = run(capsys, "down", "walk")
+    rc, _, err = run(capsys, "down", "walk")  # asks first; no terminal here to answer
+    assert rc == 2 and "delete VM walk" in err and "--yes" in err and len(instances(cloud)) == 1
+    rc, out, _ = run(capsys, "down", "walk", "--yes")
     assert rc == 0 and "walk: deleted" in out
-    rc, out, _ = run(capsys, "down", "walk")
+    rc, out, _ = run(capsys, "down", "walk")  # already gone: nothing to ask
     assert rc == 0 and "already gone" in out
     assert not instances(cloud)
     print(f"round trip {time.monotonic() - t0:.2f} s")

@@ -26,21 +26,40 @@ def test_classify(code, message, kind):
 
 
 def test_operation_errors_with_zones_available_and_quota_metric():
-    from google.cloud import compute_v1
+    """Operations are the API's JSON (what infra.gce returns): errorDetails read in camelCase."""
+    import json
 
     from infra.local.compute.exceptions import quota_exceeded, zone_exhausted
 
     def op(failure):
-        return compute_v1.Operation.from_json(__import__("json").dumps({"status": "DONE", **failure.operation_fields()}))
+        return json.loads(json.dumps({"status": "DONE", **failure.operation_fields()}))
 
     f = operations.from_operation(op(zone_exhausted("p", "us-central1-a", "n1-standard-4", "nvidia-tesla-t4",
                                                     ["us-central1-c", "us-east1-d"])), "us-central1-a")
     assert (f.kind, f.zones_available) == (ZONE, ["us-central1-c", "us-east1-d"])
+    assert f.code == "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS" and f.zone == "us-central1-a"
     f = operations.from_operation(op(quota_exceeded("NVIDIA_T4_GPUS", 0, "us-central1")))
     assert (f.kind, f.quota_metric) == (REGION, "NVIDIA_T4_GPUS")
     f = operations.from_operation(op(quota_exceeded("GPUS_ALL_REGIONS", 0, None)))
     assert f.kind == FATAL and "GPUS_ALL_REGIONS" in str(f)
-    assert operations.from_operation(compute_v1.Operation(status="DONE")) is None
+    assert operations.from_operation({"status": "DONE"}) is None
+    assert operations.from_operation({"status": "DONE", "error": {"errors": []}}) is None
+
+
+def test_operation_errors_read_the_same_as_through_compute_v1():
+    """The JSON path reads what the proto path read: compute_v1's Operation.to_dict of the same
+    operation (snake_case) gives the same Failure."""
+    import json
+
+    from google.cloud import compute_v1
+
+    from infra.local.compute.exceptions import quota_exceeded, zone_exhausted
+
+    for failure in (zone_exhausted("p", "us-central1-a", "n1-standard-4", "nvidia-tesla-t4", ["us-central1-c"]),
+                    quota_exceeded("NVIDIA_T4_GPUS", 0, "us-central1"), quota_exceeded("GPUS_ALL_REGIONS", 0, None)):
+        data = {"status": "DONE", **failure.operation_fields()}
+        proto = compute_v1.Operation.to_dict(compute_v1.Operation.from_json(json.dumps(data)))
+        assert operations.from_operation(json.loads(json.dumps(data))) == operations.from_operation(proto)
 
 
 def test_http_exceptions():
