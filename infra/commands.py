@@ -140,9 +140,6 @@ def up(settings: Settings, *, gpu=None, template=None, name=None, spot=None, max
                  f"{_money(plan.max_cost)} before its {plan.max_hours:g} h limit deletes it. Create it?", yes)
     with _Live() as live:
         vm = provision.up(settings, progress=live, **options)
-    from infra import sshconfig
-
-    sshconfig.add(settings.home, vm)  # `ssh ferry-NAME`, scp, rsync: the same pinned key
     if settings.json:
         return _emit_json(vm.as_dict())
     _print_vm(vm, settings)
@@ -236,9 +233,6 @@ def down(settings: Settings, *, vm=None, all_=False, dry_run=False, yes=False):
         targets = [(v.name, v.zone, provision.Proof()) for v in chosen]
     with _Live() as live:
         results = provision.delete_many(settings, targets, progress=live)
-    from infra import sshconfig
-
-    sshconfig.remove(settings.home, [t[0] for t in targets])
     _report_down(settings, [t[0] for t in targets], results)
 
 

@@ -124,7 +124,18 @@ def delete_many(settings: Settings, targets: list, progress: Progress | None = N
     for name, zone, op in issued:
         results[name] = _finish(compute, zone, name, op, deadline)
         state.forget(settings, name)
+    _forget_ssh(settings, list(results))
     return results
+
+
+def _forget_ssh(settings: Settings, names: list) -> None:
+    """A VM gone takes its `ssh ferry-NAME` entry and pinned key with it (infra/sshconfig.py)."""
+    from infra import sshconfig
+
+    try:
+        sshconfig.remove(settings.home, names)
+    except OSError:
+        pass
 
 
 def delete(settings: Settings, name: str, zone: str | None = None, proof: Proof = Proof(),

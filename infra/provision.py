@@ -634,6 +634,12 @@ def get(settings: Settings, name: str) -> Vm | None:
 def _pin(settings: Settings, vm: Vm) -> None:
     """Remember VM as found, host key included: `pinned()` answers from this without an API call."""
     state.remember(settings, vm.name, zone=vm.zone, vm=vm.as_dict())
+    from infra import sshconfig
+
+    try:  # `ssh ferry-NAME`, scp, rsync, editors: the same pinned key (removed when it is deleted)
+        sshconfig.add(settings.home, vm)
+    except OSError:
+        pass
 
 
 def pinned(settings: Settings) -> list[Vm]:

@@ -186,3 +186,63 @@ def test_ssh_and_ssh_config_use_the_pinned_key(cloud, tmp_path):
     assert "shell-vm" not in config.read_text() and "shell-vm" not in known.read_text()
     r = cli(cloud, "ssh", "shell-vm")
     assert r.returncode == 2 and "shell-vm" in r.stderr and r.stderr.count("\n") == 1
+    # a run's VM: `ssh RUN` (or latest) reaches it, its entry was written when the run brought it up
+    r = cli(cloud, "run", "selftest", "--keep")
+    assert r.returncode == 0, r.stderr
+    rid = records.latest(cloud.bucket)
+    vm = json.loads(cloud.bucket.blob(f"runs/{rid}/manifest.json").download_as_bytes())["vm"]
+    assert f"Host {vm}" in config.read_text()
+    r = cli(cloud, "ssh", "latest", "--", "hostname")
+    assert r.returncode == 0 and r.stdout.strip() == vm, r.stderr
+    assert cli(cloud, "down", vm, "--yes").returncode == 0 and vm not in config.read_text()
+
+
+def test_tensorboard_pulls_the_event_files_and_serves_them(cloud, tmp_path):
+    pytest.importorskip("tensorboard")
+    import signal
+    import urllib.request
+
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    rid = seed_runs(cloud.bucket, 1)[0]
+    src = tmp_path / "events" / "train"
+    src.mkdir(parents=True)
+    writer = EventFileWriter(str(src))
+    for step in range(3):
+        value = summary_pb2.Summary.Value(tag="epoch_loss", simple_value=1.0 / (step + 1))
+        writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=[value])))
+    writer.close()
+    event = next(src.iterdir())
+    cloud.bucket.blob(f"runs/{rid}/artifacts/tensorboard/train/{event.name}").upload_from_filename(str(event))
+
+    r = cli(cloud, "tensorboard", "latest", "--print")
+    assert r.returncode == 0 and "tensorboard --logdir" in r.stdout and "--host 127.0.0.1" in r.stdout, r.stderr
+    assert (cloud.home / "runs" / rid / "tensorboard" / "train" / event.name).read_bytes() == event.read_bytes()
+
+    from jobs.tensorboard import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "tensorboard", rid, "--port", str(port)], cwd=cloud.home,
+                            env=env_of(cloud), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tags, end = None, time.monotonic() + 90
+        while time.monotonic() < end and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as resp:
+                    tags = json.loads(resp.read())
+                if tags.get("train"):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert tags and "epoch_loss" in tags["train"], (tags, proc.poll())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    # a run without event files: one line
+    other = seed_runs(cloud.bucket, 2)[1]
+    r = cli(cloud, "tensorboard", other)
+    assert r.returncode == 2 and "no TensorBoard event files" in r.stderr and r.stderr.count("\n") == 1
