@@ -56,6 +56,10 @@ pass_ctx = click.make_pass_decorator(Context)
 def main(ctx, backend, project, zone, bucket, json_, verbose):
     """ferry: GPU training jobs on Google Cloud, and the same workflow offline."""
     ctx.obj = Context(backend=backend, project=project, zone=zone, bucket=bucket, json=json_, verbose=verbose)
+    if verbose:
+        from infra import verbose as trace
+
+        trace.install()
 
 
 # --------------------------------------------------------------------------- VMs
@@ -120,7 +124,7 @@ def gpus(ctx):
 
 # --------------------------------------------------------------------------- jobs
 @main.command()
-@click.argument("job")
+@click.argument("job", metavar="JOB|PATH")
 @click.option("--vm", metavar="VM", help="Run on this VM and leave it running.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job parameter (repeatable).")
 @click.option("--keep", is_flag=True, help="Keep the VM this run provisions.")
@@ -133,7 +137,8 @@ def gpus(ctx):
 @click.option("--fallback", metavar="on-demand", help="A spot run with no spot capacity in any zone uses on-demand.")
 @pass_ctx
 def run(ctx, job, vm, overrides, keep, detach, dry_run, yes, spot, recover, fallback):
-    """Run JOB on a VM: provision, sync, run, stream logs, summarise, tear down."""
+    """Run JOB (a built-in job, or PATH to your own job file) on a VM: provision, sync, run, stream logs,
+    summarise, tear down."""
     from jobs.commands import run as command
 
     command(ctx.settings, job=job, vm=vm, overrides=overrides, keep=keep, detach=detach, dry_run=dry_run, yes=yes,
@@ -170,7 +175,7 @@ def sweep():
 
 
 @sweep.command("start", hidden=True)
-@click.argument("job")
+@click.argument("job", metavar="JOB|PATH")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2|A..B", help="A parameter's values (repeatable; the grid is their product).")
 @click.option("--parallel", type=int, metavar="N", help="Tasks at once (default up to 4).")
 @click.option("--spot", is_flag=True, help="Spot VMs (Batch retries a preempted task; it resumes from its checkpoint).")
@@ -180,7 +185,7 @@ def sweep():
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before a sweep that may cost more than $25.")
 @pass_ctx
 def sweep_start(ctx, job, sets, parallel, spot, max_hours, detach, dry_run, yes):
-    """Submit JOB over the grid as one Cloud Batch job."""
+    """Submit JOB (a built-in job or PATH to a job file) over the grid as one Cloud Batch job."""
     from jobs.sweep import sweep as command
 
     command(ctx.settings, job=job, sets=sets, parallel=parallel, spot=spot, max_hours=max_hours, detach=detach,
@@ -241,14 +246,15 @@ def sweeps(ctx, limit):
 
 
 @main.command()
-@click.argument("run_id", metavar="RUN")
+@click.argument("run_id", metavar="RUN|latest")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--raw", is_flag=True, help="The unfiltered log (with TensorFlow's C++ and absl lines).")
 @pass_ctx
-def logs(ctx, run_id, follow):
-    """Print a run's log (from the bucket)."""
+def logs(ctx, run_id, follow, raw):
+    """Print a run's log (from the bucket); with --json, the log and the run's state as JSON."""
     from jobs.commands import logs as command
 
-    command(ctx.settings, run_id=run_id, follow=follow)
+    command(ctx.settings, run_id=run_id, follow=follow, raw=raw)
 
 
 @main.command()
@@ -273,13 +279,90 @@ def pull(ctx, run_id, dest):
     command(ctx.settings, run_id=run_id, dest=dest)
 
 
-@main.command(name="jobs")
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, metavar="PORT",
+              help="Port on 127.0.0.1 (0: a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in a web browser.")
 @pass_ctx
-def jobs_(ctx):
-    """The job catalog."""
+def ui(ctx, port, open_browser):
+    """A read-only web dashboard over the bucket on 127.0.0.1: runs, sweeps, live curves and logs, reports."""
+    from jobs.dashboard import serve
+
+    serve(ctx.settings, port=port, open_browser=open_browser,
+          on_ready=lambda url: click.echo(f"ferry dashboard: {url}  (read-only, 127.0.0.1 only; Ctrl-C stops it)"))
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("target", metavar="VM|RUN|latest")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
+@click.option("-L", "forwards", multiple=True, metavar="[BIND:]PORT:HOST:PORT", help="Forward a local port (as ssh -L; repeatable).")
+@click.option("--print", "print_only", is_flag=True, help="Print the ssh command instead of running it.")
+@pass_ctx
+def ssh(ctx, target, command, forwards, print_only):
+    """A shell (or CMD) on a VM, or on a run's VM, with its pinned host key (OpenSSH)."""
+    from jobs.shell import ssh as command_
+
+    command_(ctx.settings, target, forwards=forwards, command=command, print_only=print_only)
+
+
+@main.command(name="ssh-config")
+@click.option("--install", is_flag=True, help="Add the Include line to ~/.ssh/config (asks first).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def ssh_config(ctx, install, yes):
+    """Entries for `ssh ferry-NAME` (and scp, rsync, editors) for each VM of yours, pinned keys."""
+    from jobs.shell import ssh_config as command
+
+    result = command(ctx.settings, install=install, yes=yes)
+    if ctx.json:
+        import json
+
+        click.echo(json.dumps(result, indent=2))
+        return
+    for e in result["entries"]:
+        click.echo(f"{e['alias']:<32} ssh {e['alias']}   (VM {e['vm']})")
+    for e in result["skipped"]:
+        click.echo(f"{e['vm']:<32} no entry: {e['why']}")
+    if not result["entries"] and not result["skipped"]:
+        click.echo("no VMs of yours are up; entries are written when ferry brings one up")
+    if result["installed"] is None:
+        click.echo(f"config: {result['config']}; use it from any ssh with `{result['include']}` at the top of "
+                   f"{result['user_config']} (`ssh-config --install`), or `ssh -F {result['config']} ALIAS`")
+    else:
+        click.echo(f"{result['user_config']}: " + ("Include line added" if result["installed"] else "already includes ferry's config"))
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN|latest")
+@click.option("--port", type=int, metavar="N", help="Local port (default: a free one).")
+@click.option("--to", "dest", metavar="DIR", help="Where the event files go (default: ./runs/RUN/tensorboard).")
+@click.option("--print", "print_only", is_flag=True, help="Pull the event files and print the command; do not start it.")
+@pass_ctx
+def tensorboard(ctx, run_id, port, dest, print_only):
+    """Pull a run's TensorBoard event files and start TensorBoard on 127.0.0.1."""
+    from jobs.tensorboard import tensorboard as command
+
+    command(ctx.settings, run_id, port=port, print_only=print_only, dest=dest)
+
+
+@main.command(name="jobs")
+@click.argument("job", metavar="[JOB|PATH]", required=False)
+@pass_ctx
+def jobs_(ctx, job):
+    """Built-in jobs and this project's job files; JOB: every parameter with type, default and range."""
     from jobs.commands import list_jobs as command
 
-    command(json_output=ctx.json)
+    command(json_output=ctx.json, job=job)
+
+
+@main.command()
+@click.argument("directory", metavar="[DIR]", required=False)
+@click.option("--force", is_flag=True, help="Overwrite DIR/job.yaml and DIR/.ferryignore if they exist.")
+def init(directory, force):
+    """Write a commented example job file (DIR/job.yaml) and an ignore file (DIR/.ferryignore)."""
+    from jobs.commands import init as command
+
+    command(directory, force=force)
 
 
 @main.group()
@@ -382,7 +465,8 @@ def _run(argv) -> int:
     try:
         main.main(args=argv, prog_name=PROG, standalone_mode=False)
     except FerryError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if not getattr(exc, "said", False):
+            click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         _echo_safe("interrupted")

@@ -1,4 +1,7 @@
-"""The job catalog: one declarative YAML file per job in jobs/catalog/.
+"""The job catalog: the built-in jobs are job files in jobs/catalog/, of exactly the schema
+a user's own job file has (jobs/jobfile.py: workdir, setup, command, env, secrets, datasets,
+outputs, resources, params). Their workdir is ferry's trainer/. `get(JOB)` takes a built-in
+name or a path to a job file; `project_files()` finds the job files of the current project.
 
 A job file names the command run on the VM (an argv list, never a shell line), the datasets
 it needs, its default VM template and its parameters with their defaults. `{name}` in a
@@ -22,103 +25,21 @@ tests/jobs/test_catalog.py checks every built-in job against the trainer's own p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 from infra.errors import UsageError, unknown
+from jobs.jobfile import PARAM_TYPES, PATH_PLACEHOLDERS, Dataset, Job, Param, looks_like_path  # noqa: F401
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
-PARAM_TYPES = ("int", "float", "str", "bool", "choice", "epoch-list")
-PATH_PLACEHOLDERS = ("out", "data", "code", "run_id")
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str
-    default: object = None
-    help: str = ""
-    flag: str | None = None
-    choices: tuple = ()
-    min: float | None = None
-    max: float | None = None
-    pattern: str | None = None
-    requires: tuple = ()      # ((param, value), ...): allowed only with those set so
-    min_items: int = 0        # epoch-list: at least this many epochs
-
-
-@dataclass(frozen=True)
-class Job:
-    name: str
-    description: str
-    command: tuple
-    datasets: tuple = ()
-    template: str = "default"
-    params: dict = field(default_factory=dict)  # name -> Param, in file order
-    path: Path | None = None
-    resume: str | None = None  # the flag that continues the job from a checkpoints folder
-
-    def defaults(self) -> dict:
-        return {name: p.default for name, p in self.params.items()}
+PROJECT_PATTERNS = ("job.yaml", "job.yml", "ferry.yaml", "*.job.yaml", "*.job.yml")
+PROJECT_SKIP = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", "runs", "sweeps"}
 
 
 def _load(path: Path) -> Job:
-    import yaml
+    from jobs import jobfile
 
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping")
-    missing = [k for k in ("name", "description", "command") if not raw.get(k)]
-    if missing:
-        raise UsageError(f"{path}: missing {', '.join(missing)}")
-    if raw["name"] != path.stem:
-        raise UsageError(f"{path}: name {raw['name']!r} differs from the file name")
-    command = raw["command"]
-    if not isinstance(command, list) or not all(isinstance(a, (str, int, float)) for a in command):
-        raise UsageError(f"{path}: command must be a list of strings (an argv, not a shell line)")
-    params = {}
-    for name, spec in (raw.get("params") or {}).items():
-        if not isinstance(spec, dict):
-            spec = {"type": type(spec).__name__ if spec is not None else "str", "default": spec}
-        ptype = spec.get("type", "str")
-        if ptype not in PARAM_TYPES:
-            raise UsageError(f"{path}: parameter {name!r} has unknown type {ptype!r}")
-        if name in PATH_PLACEHOLDERS:
-            raise UsageError(f"{path}: parameter name {name!r} is reserved")
-        params[name] = Param(
-            name=name,
-            type=ptype,
-            default=spec.get("default"),
-            help=str(spec.get("help", "")),
-            flag=spec.get("flag"),
-            choices=tuple(spec.get("choices") or ()),
-            min=spec.get("min"),
-            max=spec.get("max"),
-            pattern=spec.get("pattern"),
-            requires=tuple(sorted((spec.get("requires") or {}).items())),
-            min_items=int(spec.get("min_items") or 0),
-        )
-    return Job(
-        name=raw["name"],
-        description=" ".join(str(raw["description"]).split()),
-        command=tuple(str(a) for a in command),
-        datasets=tuple(raw.get("datasets") or ()),
-        template=str(raw.get("template") or "default"),
-        params=params,
-        path=path,
-        resume=_resume_flag(path, raw.get("resume")),
-    )
-
-
-def _resume_flag(path: Path, value) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.startswith("-") or " " in value:
-        raise UsageError(f"{path}: resume must be the job's flag for a checkpoints folder, e.g. --resume")
-    return value
+    return jobfile.load(path, builtin=True)
 
 
 def load_all(directory: Path = CATALOG_DIR) -> dict[str, Job]:
@@ -129,9 +50,43 @@ def load_all(directory: Path = CATALOG_DIR) -> dict[str, Job]:
     return jobs
 
 
-def get(name: str, directory: Path = CATALOG_DIR) -> Job:
-    """The job called `name`; an unknown name is a UsageError naming the closest ones."""
+def get(name: str, directory: Path = CATALOG_DIR, check_paths: bool = True) -> Job:
+    """The built-in job called `name`, or the job file at path `name` (anything with a `/`, a
+    leading `.` or a .yaml/.yml ending); an unknown name is a UsageError naming the closest."""
+    from jobs import jobfile
+
     path = directory / f"{name}.yaml"
     if "/" not in name and path.is_file():
         return _load(path)
+    if looks_like_path(name) or Path(name).is_file():
+        target = Path(name).expanduser()
+        if target.is_dir():
+            for candidate in ("job.yaml", "job.yml", "ferry.yaml"):
+                if (target / candidate).is_file():
+                    target = target / candidate
+                    break
+            else:
+                raise UsageError(f"{name}: a folder without job.yaml", hint="python cli.py init DIR writes one")
+        if not target.is_file():
+            raise UsageError(f"job file {name} does not exist",
+                             hint="JOB is a built-in job (python cli.py jobs) or a path to a job file")
+        if target.resolve().parent == CATALOG_DIR:  # a built-in job, by its path
+            return _load(target.resolve())
+        return jobfile.load(target, check_paths=check_paths)
     raise unknown("job", name, [p.stem for p in directory.glob("*.yaml")])
+
+
+def project_files(root: Path | None = None, depth: int = 3) -> list[Path]:
+    """Job files in the current project: job.yaml, ferry.yaml and *.job.yaml under `root`."""
+    import fnmatch
+
+    root = Path(root or os.getcwd())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_depth = len(Path(dirpath).relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if d not in PROJECT_SKIP and not d.startswith(".")
+                             and rel_depth < depth and Path(dirpath, d).resolve() != CATALOG_DIR)
+        for f in sorted(filenames):
+            if any(fnmatch.fnmatchcase(f, pat) for pat in PROJECT_PATTERNS):
+                found.append(Path(dirpath) / f)
+    return found

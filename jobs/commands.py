@@ -16,23 +16,135 @@ from jobs.common import bucket_of, say
 
 
 # --------------------------------------------------------------------------- jobs
-def list_jobs(json_output: bool = False) -> None:
+def _job_row(j, path=None) -> dict:
+    return {"name": j.name, "description": j.description, "datasets": list(j.datasets), "template": j.template,
+            "params": {k: p.default for k, p in j.params.items()}, "path": str(path) if path else None,
+            "builtin": bool(j.builtin)}
+
+
+def list_jobs(json_output: bool = False, job: str | None = None) -> None:
+    """Built-in jobs and the job files of the current project; `job` given: that job in full."""
+    if job:
+        return show_job(job, json_output)
     jobs = catalog.load_all()
+    project = []
+    for path in catalog.project_files():
+        try:
+            project.append((path, catalog.get(str(path)), None))
+        except UsageError as exc:
+            project.append((path, None, str(exc)))
     if json_output:
-        out = [{"name": j.name, "description": j.description, "datasets": list(j.datasets), "template": j.template,
-                "params": {k: p.default for k, p in j.params.items()}} for j in jobs.values()]
+        out = [_job_row(j) for j in jobs.values()]
+        out += [_job_row(j, p) if j else {"path": str(p), "error": err} for p, j, err in project]
         click.echo(json.dumps(out, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="ferry jobs  (run one: python cli.py run JOB [--set KEY=VALUE ...])", title_justify="left")
+    console = Console(width=max(120, Console().width))
+    table = Table(title="ferry jobs  (run one: python cli.py run JOB|PATH [--set KEY=VALUE ...]; "
+                        "every parameter: python cli.py jobs JOB)", title_justify="left")
     for col in ("job", "datasets", "template", "parameters (defaults)", "description"):
         table.add_column(col, overflow="fold")
     for j in jobs.values():
         shown = ", ".join(f"{k}={p.default}" for k, p in j.params.items() if p.default is not None)
-        table.add_row(j.name, ", ".join(j.datasets) or "-", j.template, shown, j.description)
-    Console(width=max(120, Console().width)).print(table)
+        table.add_row(j.name, ", ".join(j.datasets) or "-", j.template, escape(shown), escape(j.description))
+    console.print(table)
+    if not project:
+        console.print("no job files in this project (job.yaml, *.job.yaml); `python cli.py init` writes one")
+        return
+    mine = Table(title=f"job files in {Path.cwd()}", title_justify="left")
+    for col in ("file", "job", "datasets", "template", "parameters (defaults)", "description"):
+        mine.add_column(col, overflow="fold")
+    for path, j, err in project:
+        rel = escape(str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path))
+        if j is None:
+            mine.add_row(rel, "-", "-", "-", "-", f"[red]{escape(err)}[/]")
+            continue
+        shown = ", ".join(f"{k}={p.default}" for k, p in j.params.items() if p.default is not None)
+        mine.add_row(rel, j.name, ", ".join(j.datasets) or "-", j.template, escape(shown), escape(j.description))
+    console.print(mine)
+
+
+def _param_range(p) -> str:
+    if p.type == "choice":
+        return " | ".join(map(str, p.choices))
+    if p.type == "bool":
+        return "true | false"
+    if p.type == "epoch-list":
+        return "none | all | last | 0,4,last" + (f" (at least {p.min_items})" if p.min_items else "")
+    if p.type == "str":
+        return f"matches {p.pattern}" if p.pattern else "any text"
+    def num(v):
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
+    lo = "-inf" if p.min is None else num(p.min)
+    hi = "inf" if p.max is None else num(p.max)
+    return f"{lo} .. {hi}" + (" (finite)" if p.type == "float" else "")
+
+
+def show_job(name: str, json_output: bool = False) -> None:
+    """One job in full: what it runs and every parameter with type, default and range."""
+    j = catalog.get(name, check_paths=False)
+    info = {**_job_row(j, None if j.builtin else j.path), "command": list(j.command), "shell": j.shell,
+            "workdir": str(j.workdir) if j.own_workdir else None, "setup": [c.text() for c in j.setup],
+            "env": dict(j.env), "secrets": list(j.secrets), "outputs": list(j.outputs), "resume": j.resume,
+            "resources": {"template": j.template, "gpu": j.gpu, "spot": j.spot, "max_hours": j.max_hours},
+            "datasets": [{"name": d.name, "from": d.source} for d in j.sources] or list(j.datasets),
+            "params": [{"name": p.name, "type": p.type, "default": p.default, "range": _param_range(p),
+                        "flag": p.flag, "requires": dict(p.requires) or None, "help": p.help} for p in j.params.values()]}
+    if json_output:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    console.print(f"[bold]{escape(j.name)}[/] — {escape(j.description or '(no description)')}")
+    lines = [("file", str(j.path)), ("command", j.command[2] + "   (bash)" if j.shell else " ".join(j.command))]
+    if j.own_workdir:
+        lines.append(("workdir", str(j.workdir)))
+    lines += [("setup", c.text()) for c in j.setup]
+    lines += [("env", ", ".join(f"{k}={v}" for k, v in j.env.items())) if j.env else None,
+              ("secrets", ", ".join(j.secrets)) if j.secrets else None,
+              ("datasets", ", ".join(map(str, j.sources)) or "none"),
+              ("outputs", ", ".join(j.outputs)) if j.outputs else None,
+              ("resources", f"template {j.template}" + (f", gpu {j.gpu}" if j.gpu else "")
+               + (", spot" if j.spot else "") + (f", at most {j.max_hours:g} h" if j.max_hours else "")),
+              ("resume", j.resume or "no checkpoints (a recovered run starts over)")]
+    for line in lines:
+        if line:
+            console.print(f"  {line[0]:<10} {escape(line[1])}")
+    table = Table(title=f"parameters (python cli.py run {escape(name)} --set KEY=VALUE)", title_justify="left")
+    for col in ("parameter", "type", "default", "allowed", "flag", "help"):
+        table.add_column(col, overflow="fold")
+    for p in j.params.values():
+        allowed = _param_range(p) + ("".join(f"; only with {k}={v}" for k, v in p.requires))
+        table.add_row(p.name, p.type, "-" if p.default is None else escape(str(p.default)), escape(allowed),
+                      escape(p.flag or "-"), escape(p.help))
+    console.print(table)
+
+
+def init(directory: str | None = None, force: bool = False) -> None:
+    """Write DIR/job.yaml (a commented example) and DIR/.ferryignore; never overwrite either."""
+    from jobs import jobfile
+
+    target = Path(directory or ".")
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target}: is a file, not a folder", hint="nothing was written")
+    files = {target / "job.yaml": jobfile.EXAMPLE.format(name=jobfile.default_name(target.resolve() / "job.yaml")),
+             target / ".ferryignore": jobfile.IGNORE_EXAMPLE}
+    there = [str(p) for p in files if p.exists()]
+    if there and not force:
+        raise UsageError(f"{', '.join(there)} already exist{'s' if len(there) == 1 else ''}",
+                         hint="nothing was written; pass --force to overwrite")
+    target.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text)
+        say(f"wrote {path}")
+    say(f"next: edit {target / 'job.yaml'}, then `python cli.py run {target / 'job.yaml'} --dry-run`")
 
 
 # --------------------------------------------------------------------------- data push
@@ -72,7 +184,12 @@ def _resolve_run(bucket, run_id: str) -> str:
     return run_id
 
 
-def logs(settings, run_id: str, follow: bool = False) -> None:
+def logs(settings, run_id: str, follow: bool = False, raw: bool = False) -> None:
+    if settings.json and follow:
+        raise UsageError("--json and --follow do not go together", hint="--json prints the log so far once; "
+                         "follow with `logs RUN --follow`")
+    if raw and follow:
+        raise UsageError("--raw and --follow do not go together", hint="the raw log is complete once the run ends")
     bucket = bucket_of(settings, create=False)
     run_id = _resolve_run(bucket, run_id)
     out = sys.stdout.buffer
@@ -86,10 +203,25 @@ def logs(settings, run_id: str, follow: bool = False) -> None:
     if not follow:
         from google.api_core.exceptions import NotFound
 
+        name = "logs/output.raw.log" if raw else "logs/output.log"
         try:
-            write(bucket.blob(records.prefix(run_id) + "logs/output.log").download_as_bytes())
+            data = bucket.blob(records.prefix(run_id) + name).download_as_bytes()
         except NotFound:
+            if raw:  # a run without filtered lines keeps no separate raw log
+                try:
+                    data = bucket.blob(records.prefix(run_id) + "logs/output.log").download_as_bytes()
+                except NotFound:
+                    data = None
+            else:
+                data = None
+        if settings.json:
+            status = records.get_json(bucket, records.prefix(run_id) + "status.json") or {}
+            click.echo(json.dumps({"run_id": run_id, "state": records.effective_state(status),
+                                   "log": None if data is None else data.decode("utf-8", "replace")}, indent=2))
+        elif data is None:
             say(f"{run_id}: no log yet")
+        else:
+            write(data)
         return
     try:
         final = follow_bucket(bucket, run_id, 0, write)
@@ -156,25 +288,24 @@ def runs(settings, job: str | None = None, limit: int = 20) -> None:
         click.echo(f"no runs in gs://{settings.bucket}/runs/" + (f" for {job}" if job else ""))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console(width=max(120, Console().width))
+    from infra.tables import Column, show
+
     # a run recovered onto new VMs (spot preemption): `succeeded ↻2` in its state cell
-    again = "↻" if console.encoding.startswith("utf") else "+"
-    table = Table(title=f"runs in gs://{settings.bucket}/runs/", title_justify="left",
-                  caption=f"{again}N: recovered N times onto a new VM" if any(r.get("recoveries") for r in rows) else None,
-                  caption_justify="left")
-    for col in ("run", "job", "state", "started", "duration", "best acc.", "VM"):
-        table.add_column(col, no_wrap=col in ("run", "started", "state"))
+    again = "↻" if Console().encoding.startswith("utf") else "+"
     colours = {"succeeded": "green", "failed": "red", "lost": "red", "preempted": "yellow", "cancelled": "yellow"}
+    table = []
     for r in rows:
         acc = f"{100 * r['best_accuracy']:.2f}%" if isinstance(r["best_accuracy"], (int, float)) else "-"
         state = r["state"]
         started = (r["started"] or "-").replace("T", " ")[:19]
         recovered = f" {again}{r['recoveries']}" if r.get("recoveries") else ""
-        table.add_row(r["run_id"], r["job"], f"[{colours.get(state, 'cyan')}]{state}[/]{recovered}", started,
-                      _fmt_duration(r["duration_s"]), acc, r.get("vm") or "-")
-    console.print(table)
+        table.append([r["run_id"], r["job"], (state + recovered, colours.get(state, "cyan")), started,
+                      _fmt_duration(r["duration_s"]), acc, r.get("vm") or "-"])
+    columns = [Column("run"), Column("job", drop=2), Column("state"), Column("started", drop=3),
+               Column("duration", right=True, drop=1), Column("best acc.", right=True), Column("VM", drop=4)]
+    notes = [f"{again}N: recovered N times onto a new VM"] if any(r.get("recoveries") for r in rows) else []
+    show(columns, table, title=f"runs in gs://{settings.bucket}/runs/", notes=notes)
 
 
 # --------------------------------------------------------------------------- pull

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shlex
 import sys
 import time
@@ -54,6 +55,72 @@ def ferry_version() -> str:
 def run_paths(run_id: str) -> dict:
     run_dir = f"ferry/runs/{run_id}"
     return {"run_dir": run_dir, "out": f"{run_dir}/out", "data": DATA_DIR, "code": "ferry/code", "run_id": run_id}
+
+
+def job_paths(job, run_id: str) -> dict:
+    """The paths the job's command is filled with. A job file with its own workdir runs in it
+    (ferry/code/work): its paths are relative to there; the built-in jobs run in the login
+    directory."""
+    paths = run_paths(run_id)
+    if not getattr(job, "own_workdir", False):
+        return paths
+    cwd = f"{paths['code']}/work"
+    return {**paths, **{k: posixpath.relpath(paths[k], cwd) for k in ("out", "data", "run_dir")}, "code": "."}
+
+
+def job_cwd(job) -> str | None:
+    return "ferry/code/work" if getattr(job, "own_workdir", False) else None
+
+
+def secret_values(job) -> dict:
+    """The values of the job's secrets from this machine's environment; an unset one is exit 2."""
+    missing = [name for name in job.secrets if name not in os.environ]
+    if missing:
+        where = f"{job.path}: " if job.path else ""
+        raise UsageError(f"{where}secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set in "
+                         "this environment", hint=f"export {missing[0]}=... before the run (its value goes to the "
+                         "job over SSH only)")
+    return {name: os.environ[name] for name in job.secrets}
+
+
+def check_job_inputs(job) -> None:
+    """What a job file needs that can be checked here: its workdir, its local dataset folders."""
+    from jobs import datasets
+
+    if job.workdir is not None and not job.workdir.is_dir():
+        raise UsageError(f"{job.path}: workdir {job.workdir} does not exist")
+    argv = job.command
+    if job.own_workdir and not job.shell and len(argv) > 1 and argv[0] in ("python", "python3") \
+            and argv[1].endswith(".py") and "{" not in argv[1] and not (job.workdir / argv[1]).is_file():
+        raise UsageError(f"{job.path}: command: {argv[1]} is not in the workdir {job.workdir}",
+                         hint="the job runs in its workdir on the VM; fix the path or the workdir")
+    for ds in job.sources:
+        datasets.check_source(ds)
+
+
+def setup_key(job, files: dict) -> str | None:
+    """The setup's cache key on a VM: its commands and the workdir's code hash."""
+    import hashlib
+
+    from jobs import sync
+
+    if not job.setup:
+        return None
+    h = hashlib.sha256()
+    for c in job.setup:
+        h.update(json.dumps([c.shell, list(c.argv)]).encode() + b"\n")
+    h.update(sync.workdir_hash(files).encode())
+    return h.hexdigest()[:20]
+
+
+def stage_datasets(settings, bucket, job) -> None:
+    from jobs import datasets
+
+    for ds in job.sources or ():
+        datasets.ensure_source(bucket, ds, settings.home, progress=say)
+    for name in job.datasets:
+        if not any(ds.name == name for ds in job.sources or ()):
+            datasets.ensure(bucket, name, settings.home, progress=say)
 
 
 shielded = interrupts.shielded  # signals wait while we tear down (a half-deleted VM costs money)
@@ -117,9 +184,30 @@ def _dry_run(settings, job, values, argv, vm_name, keep, run_id, spot=None, reco
     plan = None if vm_name else _plan(settings, job, run_id, keep, spot)  # validates (zone, template) first
     click.echo(f"job:       {job.name} — {job.description}")
     click.echo("params:    " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
-    click.echo(f"command:   {shlex.join(argv)}   (argv on the VM; no shell)")
-    click.echo(f"datasets:  {', '.join(job.datasets) or 'none'} from gs://{settings.bucket}/datasets/ "
-               f"(seeded from {'FERRY_DATA_SOURCE' if os.environ.get('FERRY_DATA_SOURCE') else 'the public source'} if absent)")
+    if job.shell:
+        click.echo(f"command:   bash -c {shlex.quote(argv[2])}   (a shell: command, run by bash; values quoted)")
+    else:
+        click.echo(f"command:   {shlex.join(argv)}   (argv on the VM; no shell)")
+    if job.own_workdir:
+        click.echo(f"workdir:   {job.workdir} -> ferry/code/work on the VM (the job runs there; ferry's trainer/ "
+                   "importable), by content hash")
+    for c in job.setup:
+        click.echo(f"setup:     {c.text()}   (once per VM and workdir code; {'bash' if c.shell else 'argv'})")
+    if job.env:
+        click.echo("env:       " + ", ".join(f"{k}={v}" for k, v in job.env.items()))
+    if job.secrets:  # names only: a value never reaches the screen, a file or the bucket
+        click.echo("secrets:   " + ", ".join(job.secrets) + "   (from this environment; passed over SSH only)")
+    if job.outputs:
+        click.echo("outputs:   " + ", ".join(job.outputs) + f"   (-> gs://{settings.bucket}/runs/<run-id>/artifacts/)")
+    builtin = [n for n in job.datasets if not any(ds.name == n and ds.source for ds in job.sources)]
+    own = [ds for ds in job.sources if ds.source]
+    if builtin or not own:
+        click.echo(f"datasets:  {', '.join(builtin) or 'none'} from gs://{settings.bucket}/datasets/ "
+                   f"(seeded from {'FERRY_DATA_SOURCE' if os.environ.get('FERRY_DATA_SOURCE') else 'the public source'} "
+                   "if absent)")
+    for i, ds in enumerate(own):
+        click.echo(f"{'datasets:' if i == 0 and not builtin else '':<11}{ds.name} from {ds.source} -> "
+                   f"gs://{settings.bucket}/datasets/{ds.name}/ (staged when its content changed)")
     click.echo(f"results:   gs://{settings.bucket}/runs/<run-id>/")
     if vm_name:
         click.echo(f"VM:        {vm_name} (used as it is, left running)")
@@ -157,16 +245,18 @@ def _run_metadata(settings, keep) -> dict | None:
 def _plan(settings, job, run_id, keep, spot=None):
     from infra import provision
 
-    return provision.plan(settings, template=job.template, name=_vm_name(run_id), spot=spot,
+    return provision.plan(settings, template=job.template, gpu=job.gpu, max_hours=job.max_hours,
+                          name=_vm_name(run_id), spot=spot,
                           labels=None if keep else {"ferry-run": run_id}, metadata=_run_metadata(settings, keep))
 
 
 class Session:
     """One `run`: its records in the bucket and its SSH link to the VM."""
 
-    def __init__(self, settings, job, values, argv, run_id, bucket=None):
+    def __init__(self, settings, job, values, argv, run_id, bucket=None, secrets=None):
         self.settings = settings
         self.job = job
+        self.secrets = dict(secrets or {})  # name -> value: over SSH to the runner only, never written
         self.run_id = run_id
         self.paths = run_paths(run_id)
         self.prefix = records.prefix(run_id)
@@ -193,6 +283,10 @@ class Session:
         self.manifest = {
             "run_id": run_id, "job": job.name, "params": values, "argv": argv, "datasets": list(job.datasets),
             "template": job.template, "backend": settings.backend, "project": settings.project,
+            "job_file": None if job.builtin or job.path is None else str(job.path),
+            "workdir": str(job.workdir) if getattr(job, "own_workdir", False) else None,
+            "env": dict(job.env), "secrets": list(job.secrets), "outputs": list(job.outputs),
+            "setup": [c.text() for c in job.setup],
             "bucket": settings.bucket, "created": records.iso(), "ferry_version": ferry_version(), "user": _owner(),
         }
         self.status = {"run_id": run_id, "state": "provisioning", "heartbeat": records.iso(), "exit_code": None,
@@ -270,7 +364,8 @@ class Session:
         say(f"provisioning a VM from template {self.job.template!r}" + (" (spot)" if spot else ""))
         # A kept VM is the user's from the start, like one from `up`: no ferry-run label, so
         # `cleanup` leaves it and later runs use it. A run's VM says where its record lives.
-        kw = dict(template=self.job.template, name=_vm_name(self.run_id, len(self.segments)),
+        kw = dict(template=self.job.template, gpu=self.job.gpu, max_hours=self.job.max_hours,
+                  name=_vm_name(self.run_id, len(self.segments)),
                   labels=None if keep else {"ferry-run": self.run_id}, metadata=_run_metadata(self.settings, keep),
                   progress=say, on_insert=self.own)
         try:
@@ -377,22 +472,20 @@ class Session:
 
     def vm_state(self) -> str | None:
         """The VM's status from the API ('GONE' when deleted), None when the API does not answer."""
-        from google.api_core.exceptions import NotFound
-
-        from infra import clients
+        from infra import clients, gce
 
         name, zone = (self.vm.name, self.vm.zone) if self.vm is not None else self.owned[:2]
         try:
             compute = clients.compute(self.settings)
             inst = compute.instances.get(project=compute.project, zone=zone, instance=name, timeout=10)
-        except NotFound:
+        except gce.NotFound:
             self.compute_api.ok()
             return "GONE"
         except Exception as exc:
             self.compute_api.failed(exc)
             return None
         self.compute_api.ok()
-        return str(inst.status)
+        return str(inst.get("status", ""))
 
     def start(self, setup_wait: bool) -> None:
         from infra import clients
@@ -401,8 +494,9 @@ class Session:
 
         self.put_status("syncing")
         if self.manifest.get("code_hash"):  # a later segment: the same code, or no bit-identical resume
-            check_same_code(self.manifest["code_hash"], self.run_id)
-        result = sync.sync(self.remote, warn=lambda m: say("warning: " + m))
+            check_same_code(self.manifest["code_hash"], self.run_id, self.job)
+        files = sync.job_files(self.job)
+        result = sync.sync(self.remote, warn=lambda m: say("warning: " + m), files=files)
         self.manifest["code_hash"] = result.code_hash
         self.manifest["sync"] = {"mode": result.mode, "files": result.files_sent, "bytes": result.bytes_sent}
         if result.mode != "none":
@@ -423,6 +517,9 @@ class Session:
             "segment": self.segment_info(), "segments": self.segments,
             "continue": self.continues,  # a later segment: continue the log, resume from a checkpoint
             "run_started": (self.segments[0].get("started") if self.segments else None) or self._bucket_seen.get("started"),
+            "cwd": job_cwd(self.job), "env": dict(self.job.env), "outputs": list(self.job.outputs),
+            "setup": [{"argv": list(c.argv), "shell": c.shell} for c in self.job.setup],
+            "setup_key": setup_key(self.job, files), "secret_names": sorted(self.secrets),
         }
         if self.continues:  # a VM the run used before (`resume --vm`) keeps its old folder: start clean
             r = self.remote.run(["python3", RUNNER, "fresh", self.paths["run_dir"]], timeout=60)
@@ -430,7 +527,11 @@ class Session:
                 raise UsageError(f"run {self.run_id} still has a live runner on VM {self.vm.name}",
                                  hint=f"follow it: `python cli.py logs {self.run_id} --follow`")
         self.remote.write(f"{self.paths['run_dir']}/params.json", json.dumps(p, indent=2).encode())
-        check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")
+        if self.secrets:  # their values travel on the SSH channel's stdin: in no file, no argv, no record
+            check(self.remote.run_input(["python3", RUNNER, "start", self.paths["run_dir"], "--secrets-stdin"],
+                                        json.dumps(self.secrets).encode(), timeout=60), "starting the runner")
+        else:
+            check(self.remote.run(["python3", RUNNER, "start", self.paths["run_dir"]], timeout=60), "starting the runner")
         self.runner_started = True
 
     def follow(self) -> dict:
@@ -602,7 +703,7 @@ def _summary(session: Session, status: dict, deleted: bool | None) -> None:
     if best is not None:
         line += f"; best test accuracy {100 * best:.2f}%"
     say(line)
-    if st.get("message") and state != "succeeded":
+    if st.get("message") and state != "succeeded" and st["message"].strip().lower() != state:
         say(st["message"])
     segs = st.get("segments") or []
     if len(segs) > 1:
@@ -641,7 +742,7 @@ def raise_for_state(state: str, st: dict, run_id: str) -> None:
                              hint=f"see `python cli.py logs {run_id}`")
         raise JobFailed(f"run {run_id} failed (exit code {st.get('exit_code')})", hint=f"see `python cli.py logs {run_id}`")
     if state == "cancelled":
-        raise Interrupted(f"run {run_id} cancelled")
+        raise Interrupted(f"run {run_id} cancelled", said=True)  # the summary line said so
     if state == "preempted":
         raise CloudError(f"run {run_id}: the spot VM was preempted",
                          hint=f"`python cli.py resume {run_id}` continues it from its last checkpoint")
@@ -681,10 +782,14 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
     j = catalog.get(job)
     values = params.resolve(j, overrides)
     run_id = records.new_run_id(j.name)
-    argv = params.argv(j, values, run_paths(run_id))
+    argv = params.argv(j, values, job_paths(j, run_id))
+    check_job_inputs(j)
+    secrets = secret_values(j)  # an unset one is exit 2 here, dry run included
     if vm:
         templates.check_vm_name(vm)
-    spec = templates.load(j.template, spot=True if spot else None)  # validated before anything is created
+    spot = bool(spot or j.spot)
+    spec = templates.load(j.template, gpu=j.gpu, spot=True if spot else None,
+                          max_hours=j.max_hours)  # validated before anything is created
     spot, budget, fallback = _recover_options(spec, spot, recover, fallback)
     if dry_run:
         _dry_run(settings, j, values, argv, vm, keep, run_id, spot, budget, fallback)
@@ -695,13 +800,10 @@ def run(settings, *, job: str, vm: str | None = None, overrides=(), keep: bool =
     if chosen is None:
         _confirm_cost(settings, j, run_id, keep, yes, spot)
     bucket = bucket_of(settings)
-    from jobs import datasets
-
-    for name in j.datasets:  # a missing or bad source is exit 2 here, before any run record
-        datasets.ensure(bucket, name, settings.home, progress=say)
+    stage_datasets(settings, bucket, j)  # a missing or bad source is exit 2 here, before any run record
     interrupts.check()
 
-    session = Session(settings, j, values, argv, run_id, bucket)
+    session = Session(settings, j, values, argv, run_id, bucket, secrets=secrets)
     session.manifest["kept"] = bool(keep)
     session.manifest["recover"] = session.recover_budget = 0 if detach else budget
     changed = [f"{k}={v}" for k, v in values.items() if v is not None and j.params[k].default != v]
@@ -812,12 +914,13 @@ def _on_demand_price(vm) -> float | None:
     return cat.price(gpu, vm.gpu_count or (1 if gpu else 0), vm.machine_type, False)
 
 
-def check_same_code(run_hash: str, run_id: str) -> None:
+def check_same_code(run_hash: str, run_id: str, job=None) -> None:
     """A run resumes only with the code it started with (else it would not finish as it would
-    have uninterrupted): refuse, naming both hashes, when trainer/ or the runner changed."""
+    have uninterrupted): refuse, naming both hashes, when trainer/, the runner or the job's
+    own workdir changed."""
     from jobs import sync
 
-    now = sync.code_hash(sync.manifest(sync.local_files()))
+    now = sync.code_hash(sync.manifest(sync.job_files(job)))
     if now != run_hash:
         raise UsageError(f"run {run_id} ran code {run_hash}; the code here is now {now}",
                          hint="restore the code the run started with (e.g. git stash), or start a new run")
@@ -926,7 +1029,6 @@ def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None 
     """Continue a preempted, lost or cancelled run from its newest checkpoint, on a new VM (or
     --vm): the same run id, its log continued, a new segment in status.json."""
     from infra import templates
-    from jobs import datasets
     from jobs.commands import _resolve_run
 
     if vm:
@@ -943,13 +1045,14 @@ def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None 
                          hint=f"start a new one: `python cli.py run {manifest['job']}`")
     if state not in RESUMABLE:
         raise UsageError(f"run {run_id} is {state}, not stopped", hint=f"follow it: `python cli.py logs {run_id} --follow`")
-    j = catalog.get(manifest["job"])
+    j = catalog.get(manifest.get("job_file") or manifest["job"])
     name, meta = newest_checkpoint(bucket, run_id, manifest, j)
     _refuse_if_still_up(settings, run_id, manifest, status)
     if manifest.get("code_hash"):
-        check_same_code(manifest["code_hash"], run_id)
+        check_same_code(manifest["code_hash"], run_id, j)
+    secrets = secret_values(j)
     was_spot = bool(manifest.get("spot"))
-    spec = templates.load(j.template, spot=True if was_spot else None)
+    spec = templates.load(j.template, gpu=j.gpu, spot=True if was_spot else None, max_hours=j.max_hours)
     spot, budget, fallback = _recover_options(spec, was_spot, recover, fallback)
     epoch = ((meta.get("state") or {}).get("current") or meta.get("state") or {}).get("epoch")
     where = f"VM {vm}" if vm else f"a new {'spot' if spec.spot else 'on-demand'} VM from template {j.template!r}"
@@ -962,11 +1065,10 @@ def resume(settings, *, run_id: str, vm: str | None = None, recover: int | None 
     chosen = _choose_vm(settings, vm) if vm else None
     if chosen is None:
         _confirm_cost(settings, j, run_id, False, yes, spot)
-    for ds in j.datasets:
-        datasets.ensure(bucket, ds, settings.home, progress=say)
+    stage_datasets(settings, bucket, j)
     interrupts.check()
 
-    session = Session(settings, j, manifest.get("params") or {}, list(manifest["argv"]), run_id, bucket)
+    session = Session(settings, j, manifest.get("params") or {}, list(manifest["argv"]), run_id, bucket, secrets=secrets)
     session.manifest = {**manifest, "resumed": [*(manifest.get("resumed") or []), records.iso()], "kept": False}
     session._bucket_seen = status
     session.status.update({k: status[k] for k in ("started", "gpu") if status.get(k)})

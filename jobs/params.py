@@ -118,27 +118,34 @@ def _text(value) -> str:
 
 
 def argv(job: Job, values: dict, paths: dict) -> list[str]:
-    """The job's command as an argv list: placeholders filled once, flags appended."""
+    """The job's command as an argv list: placeholders filled once, flags appended. A job with
+    a `shell:` command is `bash -c SCRIPT NAME`: in its script every value is filled in
+    shlex-quoted, so a value is still never shell syntax (its parameters have no flags)."""
+    import shlex
+
     known = {name: _text(v) for name, v in values.items() if v is not None}
     known.update({k: str(paths[k]) for k in PATH_PLACEHOLDERS if k in paths})
 
-    def fill(element: str) -> str:
+    def fill(element: str, quote=lambda t: t) -> str:
         def sub(m):
             name = m.group(1)
             if name not in known:
                 raise UsageError(f"job {job.name}: command uses {{{name}}}, which has no value")
-            return known[name]
+            return quote(known[name])
 
         return _PLACEHOLDER.sub(sub, element)  # one pass: values are never re-expanded
 
-    out = [fill(a) for a in job.command]
+    flags = []
     for name, p in job.params.items():
         value = values.get(name)
         if not p.flag or value is None:
             continue
         if p.type == "bool":
             if value:
-                out.append(p.flag)
+                flags.append(p.flag)
             continue
-        out += [p.flag, _text(value)]
-    return out
+        flags += [p.flag, _text(value)]
+    if getattr(job, "shell", False):
+        script = fill(job.command[2], shlex.quote)
+        return [job.command[0], job.command[1], script, *job.command[3:]]
+    return [fill(a) for a in job.command] + flags

@@ -30,6 +30,18 @@ def command_line(argv) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+def _trace(conn, argv) -> None:
+    """`-v` (infra/verbose.py): each remote command, as it is sent."""
+    import logging
+
+    log = logging.getLogger("ferry.ssh")
+    if log.isEnabledFor(logging.DEBUG):
+        text = command_line(argv)
+        if "\n" in text or len(text) > 300:  # an inline script: its first line says what it is
+            text = text.split("\n", 1)[0][:200] + " ..."
+        log.debug("%s@%s:%s  %s", conn.user, conn.host, conn.port, text)
+
+
 class SshRemote:
     def __init__(self, connection, reconnect=None):
         self.conn = connection
@@ -111,14 +123,42 @@ class SshRemote:
 
     # ---------------------------------------------------------------- commands
     def run(self, argv, timeout: float = 120) -> Result:
+        _trace(self.conn, argv)
         r = self.conn.run(command_line(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
         return Result(r.return_code, r.stdout, r.stderr)
+
+    def run_input(self, argv, data: bytes, timeout: float = 120) -> Result:
+        """Run argv with `data` on its stdin (then EOF): how secrets reach the VM, on the SSH
+        channel only, never in a file or a command line."""
+        _trace(self.conn, argv)  # the command only: its stdin (secrets) is never traced
+        self.conn.open()
+        chan = self.conn.client.get_transport().open_session(timeout=15)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command_line(argv))
+            chan.sendall(data)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.time() + timeout
+            while not (chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready()):
+                if chan.recv_ready():
+                    out += chan.recv(1 << 16)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(1 << 16)
+                else:
+                    if time.time() > deadline:
+                        raise TimeoutError(f"{argv[0]} did not finish within {timeout:g} s")
+                    time.sleep(0.01)
+            return Result(chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace"))
+        finally:
+            chan.close()
 
     def stream(self, argv, on_data, *, poll: float = 0.2, should_stop=None) -> int:
         """Run argv and hand its stdout to on_data(bytes) as it arrives; returns the exit code.
 
         Raises OSError/EOFError-like paramiko errors when the link drops (callers reconnect).
         """
+        _trace(self.conn, argv)
         self.conn.open()
         transport = self.conn.client.get_transport()
         chan = transport.open_session(timeout=15)
@@ -187,6 +227,10 @@ class LocalDirRemote:
     def run(self, argv, timeout: float = 120) -> Result:
         r = subprocess.run(command_line(argv), shell=True, cwd=self.root, capture_output=True, text=True, timeout=timeout)
         return Result(r.returncode, r.stdout, r.stderr)
+
+    def run_input(self, argv, data: bytes, timeout: float = 120) -> Result:
+        r = subprocess.run(command_line(argv), shell=True, cwd=self.root, input=data, capture_output=True, timeout=timeout)
+        return Result(r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"))
 
     def close(self) -> None:
         pass

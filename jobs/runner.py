@@ -13,7 +13,17 @@ standard library and google-cloud-storage. Every path is relative to the login d
 
 RUN_DIR holds `params.json` (written by `ferry run`): run_id, bucket, project, argv, env,
 datasets, upload_interval, heartbeat_interval, setup_wait, setup_timeout, setup_poll, gpu,
-self_delete, compute_endpoint, code_hash, resume_flag, segment, segments, continue, run_started.
+self_delete, compute_endpoint, code_hash, resume_flag, segment, segments, continue, run_started,
+and for a job file: cwd (its workdir on the VM), setup + setup_key, outputs, secret_names.
+`start --secrets-stdin` reads the job's secrets ({name: value}, JSON) from stdin: they live in
+the runner's memory and the job's environment only, never in a file it writes; a job with
+secrets writes into a pipe that the runner copies into output.log with their values redacted.
+
+A job file's `setup` commands run before the job, in its workdir, once per VM and setup key
+(its commands and the workdir's code hash): `ferry/setup-cache/KEY.done` marks one done. Their
+output goes to the run's log between `[ferry] === setup ...` lines; a failing one fails the run
+with its exit code. When the job ends, its `outputs` (globs in the workdir) are copied into
+`out/` (uploaded as artifacts/...).
 The runner writes there `output.log` (the job's stdout and
 stderr, in order), `status.json`, `runner.log`, `runner.pid`, and the job writes `out/`
 (metrics.jsonl, summary.json, artifacts). Every few seconds, and once more at the end, it
@@ -371,9 +381,13 @@ def stage_dataset(bucket, name: str, data_dir: Path, log) -> None:
 
 
 # --------------------------------------------------------------------------- the run
+SETUP_CACHE = "ferry/setup-cache"
+
+
 class Runner:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, secrets: dict | None = None):
         self.run_dir = run_dir.resolve()
+        self.secrets = {str(k): str(v) for k, v in (secrets or {}).items()}  # never written anywhere
         self.params = json.loads((self.run_dir / "params.json").read_text())
         self.run_id = self.params["run_id"]
         self.log_path = self.run_dir / "output.log"
@@ -578,6 +592,8 @@ class Runner:
                     self.fetch_checkpoints()
             if state is None and (self.stop_requested.is_set() or self.preempted.is_set()):
                 state = self._stopped_state()
+            if state is None and self.params.get("setup"):
+                state, exit_code, message = self.run_setup()
             if state is None:
                 proc = self.start_job()
                 # a recovered run started when its first segment did
@@ -591,6 +607,8 @@ class Runner:
                 self.stop_job(proc)
                 if exit_code is None:
                     exit_code = proc.returncode
+                self.join_output()
+                self.collect_outputs()
         if message is None and state in ("cancelled", "preempted", "lost"):
             message = {"preempted": "preempted: the VM is being stopped", "cancelled": "cancelled",
                        "lost": "the VM shut down under the job (deleted, stopped or rebooted)"}[state]
@@ -735,30 +753,175 @@ class Runner:
         self.preempted.wait()
         self.wake.set()
 
-    def start_job(self) -> subprocess.Popen:
-        argv = [str(a) for a in self.params["argv"]]
-        if argv and argv[0] in ("python3", "python"):
-            argv[0] = sys.executable  # the interpreter that has the job's dependencies
+    def job_cwd(self) -> Path:
+        """The job's working directory: its workdir (a job file's), else the login directory."""
+        return Path(self.params["cwd"]).resolve() if self.params.get("cwd") else Path(os.getcwd())
+
+    def job_env(self) -> dict:
         code = Path(__file__).resolve().parent
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in (self.params.get("env") or {}).items()})
-        env["PYTHONPATH"] = str(code) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        path = [str(code)]
+        if self.params.get("cwd"):  # a job file's own modules first, then ferry's trainer
+            path.insert(0, str(self.job_cwd()))
+        env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("MPLBACKEND", "Agg")
         env["FERRY_RUN_ID"] = self.run_id
         if self.params.get("code_hash"):
             env["FERRY_CODE_HASH"] = str(self.params["code_hash"])  # a checkpoint records the code it came from
+        env["FERRY_DATA_DIR"] = str(Path(self.params.get("data_dir", "ferry/data")).resolve())
+        env["FERRY_OUT"] = str(self.run_dir / "out")
+        env.update(self.secrets)
+        return env
+
+    def _argv(self, argv) -> list:
+        argv = [str(a) for a in argv]
+        if argv and argv[0] in ("python3", "python"):
+            argv[0] = sys.executable  # the interpreter that has the job's dependencies
+        return argv
+
+    def run_setup(self):
+        """The job file's setup commands, once per VM and setup key -> (None, None, None) when
+        done (now or before), else (state, exit code, message) to end the run with."""
+        key = str(self.params.get("setup_key") or "")
+        marker = Path(SETUP_CACHE) / f"{key}.done" if re.fullmatch(r"[0-9a-f]{8,64}", key) else None
+        if marker is not None and marker.exists():
+            self.say(f"=== setup: already done on this VM for this code (key {key}); skipped ===")
+            return None, None, None
+        steps = self.params["setup"]
+        t0 = time.time()
+        env, cwd = self.job_env(), self.job_cwd()
+        for i, step in enumerate(steps, 1):
+            shown = step["argv"][0] if step.get("shell") else " ".join(step["argv"])
+            self.say(f"=== setup {i}/{len(steps)} (once per VM and code): {shown} ===")
+            argv = ["bash", "-c", step["argv"][0]] if step.get("shell") else self._argv(step["argv"])
+            log = self.output()
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=str(cwd), env=env, start_new_session=True)
+            except OSError as exc:
+                log.close()
+                self.join_output()
+                message = f"setup {i} could not start: {exc.__class__.__name__}: {exc}"
+                self.say(f"error: {message}")
+                return "failed", 127, message
+            log.close()
+            (self.run_dir / "job.pid").write_text(str(proc.pid))
+            threading.Thread(target=lambda p=proc: (p.wait(), self.wake.set()), daemon=True).start()
+            while proc.poll() is None:
+                if self.stop_requested.is_set() or self.preempted.is_set():
+                    self.stop_job(proc)
+                    return self._stopped_state(), None, None
+                self.flush()
+                self.write_status(upload=False)
+                self.wake.wait(self.upload_interval)
+                self.wake.clear()
+            self.join_output()
+            if proc.returncode != 0:
+                message = f"setup {i} ({shown[:80]}) failed with exit code {proc.returncode}"
+                self.say(f"=== {message} ===")
+                return "failed", proc.returncode, message
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"run_id": self.run_id, "done": now_iso()}) + "\n")
+        self.say(f"=== setup done in {time.time() - t0:.1f} s ===")
+        return None, None, None
+
+    def collect_outputs(self) -> None:
+        """The job file's `outputs` (globs in its workdir) -> out/ (uploaded as artifacts/)."""
+        import glob
+        import shutil
+
+        patterns = self.params.get("outputs") or []
+        if not patterns:
+            return
+        cwd = self.job_cwd()
+        out = self.run_dir / "out"
+        count = 0
+        for pattern in patterns:
+            for found in sorted(glob.glob(str(cwd / pattern), recursive=True)):
+                path = Path(found)
+                try:
+                    rel = path.resolve().relative_to(cwd)
+                except ValueError:
+                    self.say(f"output {found} is outside the workdir: not collected")
+                    continue
+                files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+                for f in files:
+                    target = out / rel if f == path else out / rel / f.relative_to(path)
+                    try:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(f, target)
+                        count += 1
+                    except OSError as exc:
+                        self.note(f"output {f}: {exc}")
+        self.say(f"outputs: {count} file(s) collected ({', '.join(patterns)})")
+
+    def output(self):
+        """Where the job's (or a setup command's) stdout and stderr go: output.log itself, or,
+        when the job has secrets, a pipe the runner copies into output.log with every secret's
+        value (3 characters or more) replaced by `[secret NAME]`."""
+        values = sorted(((v.encode(), f"[secret {k}]".encode()) for k, v in self.secrets.items() if len(v) >= 3),
+                        key=lambda kv: len(kv[0]), reverse=True)
+        if not values:
+            return open(self.log_path, "ab", buffering=0)
+        r, w = os.pipe()
+
+        def redact(data: bytes) -> bytes:
+            for value, mark in values:
+                data = data.replace(value, mark)
+            return data
+
+        def held(data: bytes) -> int:  # the longest tail of data that may begin a secret's value
+            best = 0
+            for value, _ in values:
+                for n in range(min(len(value) - 1, len(data)), best, -1):
+                    if data.endswith(value[:n]):
+                        best = n
+                        break
+            return best
+
+        def pump():
+            pending = b""
+            with os.fdopen(r, "rb", buffering=0) as src, open(self.log_path, "ab", buffering=0) as log:
+                while True:
+                    chunk = src.read(1 << 16)
+                    if not chunk:
+                        break
+                    data = redact(pending + chunk)
+                    keep = held(data)
+                    log.write(data[:len(data) - keep])
+                    pending = data[len(data) - keep:]
+                log.write(redact(pending))
+
+        self._pump = threading.Thread(target=pump, daemon=True, name="redact-output")
+        self._pump.start()
+        return os.fdopen(w, "wb", buffering=0)
+
+    def join_output(self, timeout: float = 10.0) -> None:
+        """Everything the job wrote is in output.log (its redacting pipe drained)."""
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.join(timeout)
+            self._pump = None
+
+    def start_job(self) -> subprocess.Popen:
+        argv = self._argv(self.params["argv"])
+        env = self.job_env()
         if self.resume_dir is not None:
             argv += [str(self.params["resume_flag"]), str(self.resume_dir)]
-        env["FERRY_DATA_DIR"] = str(Path(self.params.get("data_dir", "ferry/data")).resolve())
-        log = open(self.log_path, "ab", buffering=0)
+        log = self.output()
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=os.getcwd(), env=env, start_new_session=True,
+                cwd=str(self.job_cwd()), env=env, start_new_session=True,
             )
-        finally:
+        except BaseException:
             log.close()
+            self.join_output()
+            raise
+        log.close()
         (self.run_dir / "job.pid").write_text(str(proc.pid))  # its process group, for `stop-job`
 
         def wake_on_exit():  # the main loop sleeps between uploads; the job's end wakes it
@@ -815,8 +978,9 @@ def _preempted_now() -> bool:
 
 
 # --------------------------------------------------------------------------- commands
-def cmd_start(run_dir: Path) -> int:
-    """Fork the runner off into its own session (it survives the SSH connection) and return."""
+def cmd_start(run_dir: Path, secrets: dict | None = None) -> int:
+    """Fork the runner off into its own session (it survives the SSH connection) and return.
+    `secrets` (read from stdin by `--secrets-stdin`) stay in memory: the forked runner has them."""
     run_dir = run_dir.resolve()
     pid_path = run_dir / "runner.pid"
     if pid_path.exists():
@@ -839,7 +1003,7 @@ def cmd_start(run_dir: Path) -> int:
         os.close(w)
         code = 1
         try:
-            code = Runner(run_dir).serve()
+            code = Runner(run_dir, secrets).serve()
         except BaseException:
             import traceback
 
@@ -1021,11 +1185,22 @@ def main(argv=None) -> int:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--sweep", help="batch-task: the sweep id")
     parser.add_argument("--project")
+    parser.add_argument("--secrets-stdin", action="store_true", help="start: the job's secrets as JSON on stdin")
     args = parser.parse_args(argv)
     if args.command == "batch-task":
         return cmd_batch_task(str(args.run_dir), args.sweep, args.project)
     if args.command == "start":
-        return cmd_start(args.run_dir)
+        secrets = None
+        if args.secrets_stdin:
+            try:
+                secrets = json.loads(sys.stdin.buffer.read() or b"{}")
+            except ValueError:
+                print("--secrets-stdin: expected a JSON object on stdin", file=sys.stderr)
+                return 2
+            if not isinstance(secrets, dict):
+                print("--secrets-stdin: expected a JSON object on stdin", file=sys.stderr)
+                return 2
+        return cmd_start(args.run_dir, secrets)
     if args.command == "serve":  # in the foreground (debugging)
         return Runner(args.run_dir).serve()
     if args.command == "follow":

@@ -106,11 +106,12 @@ def new_sweep_id(job: str) -> str:
 
 
 # --------------------------------------------------------------------------- the plan
-def _task_runner_params(settings, sweep_id: str, index: int, job, values: dict, code_hash: str, spec) -> dict:
-    from jobs.launch import DATA_DIR, HEARTBEAT_INTERVAL_S, UPLOAD_INTERVAL_S, run_paths
+def _task_runner_params(settings, sweep_id: str, index: int, job, values: dict, code_hash: str, spec,
+                        setup_key: str | None = None) -> dict:
+    from jobs.launch import DATA_DIR, HEARTBEAT_INTERVAL_S, UPLOAD_INTERVAL_S, job_cwd, job_paths
 
     run_id = f"{sweep_id}-t{index}"
-    argv = params.argv(job, values, run_paths(run_id))
+    argv = params.argv(job, values, job_paths(job, run_id))
     return {
         "run_id": run_id, "job": job.name, "prefix": task_prefix(sweep_id, index), "bucket": settings.bucket,
         "project": None if settings.is_local else settings.project, "argv": argv,
@@ -119,6 +120,8 @@ def _task_runner_params(settings, sweep_id: str, index: int, job, values: dict, 
         "gpu": spec.gpu_label if spec.gpu else None, "code_hash": code_hash, "resume_flag": job.resume,
         "segment": {"zone": None, "spot": bool(spec.spot), "machine_type": spec.machine_type,
                     "price_per_hour": spec.price_per_hour},
+        "cwd": job_cwd(job), "env": dict(job.env), "outputs": list(job.outputs),
+        "setup": [{"argv": list(c.argv), "shell": c.shell} for c in job.setup], "setup_key": setup_key,
     }
 
 
@@ -204,16 +207,24 @@ def sweep(settings, *, job: str, sets=(), parallel: int | None = None, spot: boo
     from infra.commands import CONFIRM_OVER_USD, confirm
     from jobs import sync
 
+    from jobs.launch import check_job_inputs, setup_key
+
     j = catalog.get(job)
+    check_job_inputs(j)
+    if j.secrets:  # a Batch task is started by Batch, not over SSH: there is no channel for them
+        raise UsageError(f"{j.path}: secrets: a sweep cannot pass secrets ({', '.join(j.secrets)}): its tasks "
+                         "start on Cloud Batch without SSH", hint="use `run` for a job with secrets")
     grid = parse_grid(j, sets)
     combos = combinations(j, grid)
     n = len(combos)
     if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
         raise UsageError(f"--parallel {parallel}: must be from 1 to {MAX_PARALLEL}")
     parallel = min(parallel or min(n, 4), n)
-    spec = templates.load(j.template, spot=True if spot else None, max_hours=max_hours)
+    spec = templates.load(j.template, gpu=j.gpu, spot=True if (spot or j.spot) else None,
+                          max_hours=max_hours if max_hours is not None else j.max_hours)
     sweep_id = new_sweep_id(j.name)
-    files = sync.local_files()
+    files = sync.job_files(j)
+    skey = setup_key(j, files)
     code_hash = sync.code_hash(sync.manifest(files))
     price = spec.price_per_hour
     lives = 1 + RETRIES if spec.spot else 1  # each retry of a preempted task gets a fresh run-time limit
@@ -237,18 +248,17 @@ def sweep(settings, *, job: str, sets=(), parallel: int | None = None, spot: boo
         return
     if cost is not None and cost > CONFIRM_OVER_USD:
         confirm(f"sweep {j.name}: {n} tasks may cost up to ${cost:.2f} before their {spec.max_hours:g} h limits. Submit?", yes)
-    from jobs import datasets
+    from jobs.launch import stage_datasets
 
     bucket = bucket_of(settings)
-    for name in j.datasets:  # a missing or bad source is exit 2 here, before anything is staged
-        datasets.ensure(bucket, name, settings.home, progress=say)
+    stage_datasets(settings, bucket, j)  # a missing or bad source is exit 2 here, before anything is staged
     manifest = {
-        "sweep_id": sweep_id, "job": j.name, "grid": grid, "parallel": parallel, "code_hash": code_hash,
+        "sweep_id": sweep_id, "job": j.name, "job_file": None if j.builtin else str(j.path), "grid": grid, "parallel": parallel, "code_hash": code_hash,
         "template": j.template, "spot": spec.spot, "machine_type": spec.machine_type, "gpu": spec.gpu_label,
         "price_per_hour": price, "max_hours": spec.max_hours, "created": records.iso(), "user": _owner(),
         "batch_job": f"{_parent(settings)}/jobs/{batch_job_id(sweep_id)}", "backend": settings.backend,
         "tasks": [{"index": i, "params": values,
-                   "runner": _task_runner_params(settings, sweep_id, i, j, values, code_hash, spec)}
+                   "runner": _task_runner_params(settings, sweep_id, i, j, values, code_hash, spec, skey)}
                   for i, values in enumerate(combos)],
     }
     pre = sweep_prefix(sweep_id)
@@ -405,11 +415,16 @@ def status(settings, sweep_id: str | None = None) -> None:
         click.echo(json.dumps({"sweep_id": sweep_id, "job": manifest["job"], "batch_job": manifest["batch_job"],
                                "tasks": rows}, indent=2))
         return
-    click.echo(f"sweep {sweep_id}: {manifest['job']}, {len(rows)} task(s), Batch job {manifest['batch_job']}")
-    for r in rows:
-        acc = f"{100 * r['best_accuracy']:.2f}%" if isinstance(r["best_accuracy"], (int, float)) else "-"
-        grid = " ".join(f"{k}={v}" for k, v in r["params"].items())
-        click.echo(f"  {r['index']:>4}  {(r['batch_state'] or '-'):<10} {(r['state'] or '-'):<10} {acc:>8}  {grid}")
+    from infra.tables import Column, show
+
+    colours = {"succeeded": "green", "failed": "red", "lost": "red", "preempted": "yellow", "cancelled": "yellow"}
+    table = [[str(r["index"]), r["batch_state"] or "-", (r["state"] or "-", colours.get(r["state"] or "", None)),
+              str(r["attempts"] or "-"),
+              f"{100 * r['best_accuracy']:.2f}%" if isinstance(r["best_accuracy"], (int, float)) else "-",
+              " ".join(f"{k}={v}" for k, v in r["params"].items())] for r in rows]
+    show([Column("task", right=True), Column("Batch", drop=2), Column("run state"), Column("attempts", right=True, drop=1),
+          Column("best acc.", right=True), Column("parameters")], table,
+         title=f"sweep {sweep_id}: {manifest['job']}, {len(rows)} task(s), Batch job {manifest['batch_job']}")
 
 
 def _task_rows(bucket, sweep_id: str) -> dict[int, dict]:
@@ -511,9 +526,12 @@ def sweeps(settings, limit: int = 20) -> None:
     if not rows:
         click.echo(f"no sweeps in gs://{settings.bucket}/{SWEEPS}")
         return
-    for r in rows:
-        grid = " ".join(f"{k}={','.join(map(str, v))}" for k, v in (r["grid"] or {}).items())
-        click.echo(f"{r['sweep_id']}  {r['job']}  {r['tasks']} task(s)  {grid}")
+    from infra.tables import Column, show
+
+    show([Column("sweep"), Column("job", drop=2), Column("tasks", right=True), Column("created", drop=1), Column("grid")],
+         [[r["sweep_id"], r["job"] or "-", str(r["tasks"]), (r["created"] or "-").replace("T", " ")[:19],
+           " ".join(f"{k}={','.join(map(str, v))}" for k, v in (r["grid"] or {}).items())] for r in rows],
+         title=f"sweeps in gs://{settings.bucket}/{SWEEPS}")
 
 
 def pull(settings, sweep_id: str, dest: str | None = None) -> None:

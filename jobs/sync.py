@@ -1,4 +1,7 @@
-"""Code sync by content hash: `trainer/` and the on-VM runner to `ferry/code/` on the VM.
+"""Code sync by content hash: `trainer/`, the on-VM runner and (a job file's own) workdir to
+`ferry/code/` on the VM. A job whose workdir is its own (not ferry's trainer/) has it under
+`ferry/code/work/`, with its own `.ferryignore` at the workdir's root; ferry's trainer/ travels
+with every job, so a user's job can import ferry's data loaders (`from trainer.datasets import mnist`).
 
 The remote side keeps `ferry/code/.ferry-manifest.json` ({path: sha256}). A first sync (no
 manifest) sends one tar.gz archive, unpacked there by python3's tarfile; later syncs send
@@ -92,6 +95,41 @@ def local_files(root: Path = REPO, sources=SOURCES) -> dict[str, Path]:
     return out
 
 
+WORK = "work"  # a job file's own workdir, under ferry/code/
+WORKDIR_IGNORE = (".git/", ".venv/", "venv/", "node_modules/", ".ipynb_checkpoints/", IGNORE_FILE)
+
+
+def workdir_files(workdir: Path) -> dict[str, Path]:
+    """{work/relative path: local file} of a job's own workdir, after its .ferryignore."""
+    workdir = Path(workdir)
+    patterns = [*WORKDIR_IGNORE, *read_ignore(workdir)]
+    out: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        here = Path(dirpath).relative_to(workdir).as_posix()
+        here = "" if here == "." else here + "/"
+        dirnames[:] = sorted(d for d in dirnames if not ignored(f"{here}{d}/.", patterns))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(workdir).as_posix()
+            if ignored(rel, patterns) or not path.is_file():
+                continue
+            out[f"{WORK}/{rel}"] = path
+    return out
+
+
+def job_files(job=None) -> dict[str, Path]:
+    """Everything a job needs on the VM: ferry's code, and the job's own workdir when it has one."""
+    files = local_files()
+    if job is not None and getattr(job, "own_workdir", False):
+        files.update(workdir_files(job.workdir))
+    return files
+
+
+def workdir_hash(files: dict[str, Path]) -> str:
+    """The code hash of the job's own workdir alone (a setup's cache key)."""
+    return code_hash(manifest({k: v for k, v in files.items() if k.startswith(WORK + "/")}))
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -141,9 +179,10 @@ UNPACK = (
 )
 
 
-def sync(remote, root: Path = REPO, dest: str = DEST, warn=None, sources=SOURCES) -> SyncResult:
-    """Make `dest` on the remote hold exactly the local tree; send as little as possible."""
-    files = local_files(root, sources)
+def sync(remote, root: Path = REPO, dest: str = DEST, warn=None, sources=SOURCES, files=None) -> SyncResult:
+    """Make `dest` on the remote hold exactly the local tree (or `files`, {remote: local});
+    send as little as possible."""
+    files = local_files(root, sources) if files is None else files
     local_m = manifest(files)
     digest = code_hash(local_m)
     raw = remote.read(f"{dest}/{MANIFEST}")

@@ -1,0 +1,1 @@
+"""A student's own course project: model.py (the stencil) and train.py (the loop)."""
