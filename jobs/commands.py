@@ -203,16 +203,11 @@ def logs(settings, run_id: str, follow: bool = False, raw: bool = False) -> None
     if not follow:
         from google.api_core.exceptions import NotFound
 
-        name = "logs/output.raw.log" if raw else "logs/output.log"
-        try:
-            data = bucket.blob(records.prefix(run_id) + name).download_as_bytes()
-        except NotFound:
-            if raw:  # a run without filtered lines keeps no separate raw log
-                try:
-                    data = bucket.blob(records.prefix(run_id) + "logs/output.log").download_as_bytes()
-                except NotFound:
-                    data = None
-            else:
+        data = _raw_log(bucket, run_id) if raw else None
+        if data is None:  # a run whose log left nothing out keeps no separate raw log
+            try:
+                data = bucket.blob(records.prefix(run_id) + "logs/output.log").download_as_bytes()
+            except NotFound:
                 data = None
         if settings.json:
             status = records.get_json(bucket, records.prefix(run_id) + "status.json") or {}
@@ -234,6 +229,19 @@ def logs(settings, run_id: str, follow: bool = False, raw: bool = False) -> None
     state = records.effective_state(final)
     say(f"{run_id} {state}")
     raise_for_state(state, final, run_id)
+
+
+def _raw_log(bucket, run_id: str) -> bytes | None:
+    """The unfiltered log: each VM's (segment's) logs/raw/segment-N.log in order, or None."""
+    pre = records.prefix(run_id) + "logs/raw/"
+    parts = []
+    for blob in bucket.client.list_blobs(bucket, prefix=pre):
+        tail = blob.name[len(pre):]
+        if tail.startswith("segment-") and tail.endswith(".log") and tail[8:-4].isdigit():
+            parts.append((int(tail[8:-4]), blob))
+    if not parts:
+        return None
+    return b"".join(blob.download_as_bytes() for _, blob in sorted(parts, key=lambda p: p[0]))
 
 
 def _end_run_vm(settings, bucket, run_id: str, manifest: dict) -> None:

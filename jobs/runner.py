@@ -380,6 +380,96 @@ def stage_dataset(bucket, name: str, data_dir: Path, log) -> None:
     log(f"dataset {name}: staged {total / 1e6:.1f} MB in {time.time() - t0:.1f} s")
 
 
+# --------------------------------------------------------------------------- log noise
+# TensorFlow's C++ runtime and absl log to stderr at import and first use, in absl's format
+# (`I0000 00:00:1796179965.93 7358 port.cc:153] oneDNN custom operations are on...`), some of it
+# twice and some reading like a failure (`failed call to cuInit ... (303)` on a machine without a
+# GPU). The streamed log (output.log: the terminal, `logs`, the reports) leaves those lines out;
+# output.raw.log keeps every byte the job wrote. Lines at F (fatal) level and E lines other than
+# the known start-up ones stay: they precede a crash a user must see.
+_ABSL = re.compile(rb"^(?P<level>[IWEF])\d{4} \d\d:\d\d:\d+(?:\.\d+)?\s+\d+ [\w.\-]+:\d+\] (?P<text>.*)")
+_OLD_TF = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<level>[IWEF]) (?:tensorflow|external|xla)/\S+\] (?P<text>.*)")
+_NOISE_LINES = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+)
+_NOISE_FOLLOWERS = (b"To enable the following instructions:",)  # cpu_feature_guard's second line
+_KNOWN_E = (b"cuInit", b"Unable to register cu", b"cuda_platform", b"CUDA_ERROR_NO_DEVICE", b"kernel driver does not appear")
+
+
+class NoiseFilter:
+    """Bytes in (the raw log, in any chunks) -> the bytes of its lines that are not noise.
+
+    Only complete lines are judged; a partial line is held back only while it could still turn
+    out to be noise (it starts like one), so a progress bar drawn with \\r is not delayed."""
+
+    def __init__(self):
+        self.pending = b""
+        self.dropped = 0
+        self._after_guard = False
+        self._mid_line = False  # the start of the current line was already let through
+
+    def _noise(self, line: bytes) -> bool:
+        body = line.rstrip(b"\r\n")
+        if body.startswith(_NOISE_FOLLOWERS) and (self._after_guard or b"rebuild TensorFlow" in body):
+            self._after_guard = False
+            return True
+        self._after_guard = False
+        if body in _NOISE_LINES:
+            return True
+        m = _ABSL.match(body) or _OLD_TF.match(body)
+        if not m:
+            return False
+        level = m.group("level")
+        if level == b"F" or (level == b"E" and not any(k in body for k in _KNOWN_E)):
+            return False
+        self._after_guard = b"cpu_feature_guard" in body
+        return True
+
+    @staticmethod
+    def _maybe_noise(partial: bytes) -> bool:
+        head = partial[:24]
+        return bool(re.fullmatch(rb"[IWEF](\d.*)?", head, re.S) or re.fullmatch(rb"\d{1,4}|\d{4}-.*", head, re.S)) or \
+            any(n.startswith(partial) or partial.startswith(n[: len(partial)]) for n in _NOISE_LINES + _NOISE_FOLLOWERS)
+
+    def feed(self, data: bytes) -> bytes:
+        data = self.pending + data
+        self.pending = b""
+        out = []
+        start = 0
+        if self._mid_line:  # the rest of a line whose start was let through: let it through
+            nl = data.find(b"\n")
+            if nl < 0:
+                return data
+            out.append(data[: nl + 1])
+            start, self._mid_line = nl + 1, False
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            line = data[start: nl + 1]
+            if self._noise(line):
+                self.dropped += 1
+            else:
+                out.append(line)
+            start = nl + 1
+        rest = data[start:]
+        if rest:
+            if self._maybe_noise(rest):
+                self.pending = rest
+            else:
+                out.append(rest)
+                self._mid_line = True
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """At the end of the job: the held-back partial line, unless it is noise."""
+        rest, self.pending = self.pending, b""
+        if rest and self._noise(rest):
+            self.dropped += 1
+            return b""
+        return rest
+
+
 # --------------------------------------------------------------------------- the run
 SETUP_CACHE = "ferry/setup-cache"
 
@@ -391,6 +481,8 @@ class Runner:
         self.params = json.loads((self.run_dir / "params.json").read_text())
         self.run_id = self.params["run_id"]
         self.log_path = self.run_dir / "output.log"
+        self.raw_log_path = self.run_dir / "output.raw.log"  # every byte the job wrote (see NoiseFilter)
+        self.noise_dropped = 0
         self.status_path = self.run_dir / "status.json"
         self.stop_requested = threading.Event()
         self.preempted = threading.Event()
@@ -467,6 +559,9 @@ class Runner:
         for attempt in range(tries):
             try:
                 self.uploader.sync(self.run_dir, force=final and attempt > 0)
+                if final and self.noise_dropped:  # the unfiltered log, once: `logs RUN --raw`
+                    self.uploader.put_file(self.raw_log_path, f"logs/raw/segment-{self.segment.get('index', 0)}.log",
+                                           "text/plain; charset=utf-8")
                 return
             except Exception as exc:
                 self.note(f"upload failed: {exc.__class__.__name__}: {exc}")
@@ -609,6 +704,9 @@ class Runner:
                     exit_code = proc.returncode
                 self.join_output()
                 self.collect_outputs()
+            if self.noise_dropped:
+                self.say(f"{self.noise_dropped} line(s) of TensorFlow's C++/absl start-up logging left out of this "
+                         "log; `logs RUN --raw` shows every line")
         if message is None and state in ("cancelled", "preempted", "lost"):
             message = {"preempted": "preempted: the VM is being stopped", "cancelled": "cancelled",
                        "lost": "the VM shut down under the job (deleted, stopped or rebooted)"}[state]
@@ -859,14 +957,14 @@ class Runner:
         self.say(f"outputs: {count} file(s) collected ({', '.join(patterns)})")
 
     def output(self):
-        """Where the job's (or a setup command's) stdout and stderr go: output.log itself, or,
-        when the job has secrets, a pipe the runner copies into output.log with every secret's
-        value (3 characters or more) replaced by `[secret NAME]`."""
+        """Where the job's (or a setup command's) stdout and stderr go: a pipe the runner copies
+        into output.raw.log (every byte) and output.log (without TensorFlow's C++/absl start-up
+        noise: NoiseFilter), both with every secret's value (3 characters or more) replaced by
+        `[secret NAME]` first."""
         values = sorted(((v.encode(), f"[secret {k}]".encode()) for k, v in self.secrets.items() if len(v) >= 3),
                         key=lambda kv: len(kv[0]), reverse=True)
-        if not values:
-            return open(self.log_path, "ab", buffering=0)
         r, w = os.pipe()
+        noise = NoiseFilter()
 
         def redact(data: bytes) -> bytes:
             for value, mark in values:
@@ -884,18 +982,23 @@ class Runner:
 
         def pump():
             pending = b""
-            with os.fdopen(r, "rb", buffering=0) as src, open(self.log_path, "ab", buffering=0) as log:
+            with os.fdopen(r, "rb", buffering=0) as src, open(self.log_path, "ab", buffering=0) as log, \
+                    open(self.raw_log_path, "ab", buffering=0) as raw:
                 while True:
                     chunk = src.read(1 << 16)
                     if not chunk:
                         break
-                    data = redact(pending + chunk)
-                    keep = held(data)
-                    log.write(data[:len(data) - keep])
-                    pending = data[len(data) - keep:]
-                log.write(redact(pending))
+                    data = redact(pending + chunk) if values else chunk
+                    keep = held(data) if values else 0
+                    out, pending = data[:len(data) - keep], data[len(data) - keep:]
+                    raw.write(out)
+                    log.write(noise.feed(out))
+                tail = redact(pending)
+                raw.write(tail)
+                log.write(noise.feed(tail) + noise.flush())
+            self.noise_dropped += noise.dropped
 
-        self._pump = threading.Thread(target=pump, daemon=True, name="redact-output")
+        self._pump = threading.Thread(target=pump, daemon=True, name="job-output")
         self._pump.start()
         return os.fdopen(w, "wb", buffering=0)
 
