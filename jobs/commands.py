@@ -38,33 +38,26 @@ def list_jobs(json_output: bool = False, job: str | None = None) -> None:
         out += [_job_row(j, p) if j else {"path": str(p), "error": err} for p, j, err in project]
         click.echo(json.dumps(out, indent=2))
         return
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from infra.tables import Column, show
 
-    console = Console(width=max(120, Console().width))
-    table = Table(title="ferry jobs  (run one: python cli.py run JOB|PATH [--set KEY=VALUE ...]; "
-                        "every parameter: python cli.py jobs JOB)", title_justify="left")
-    for col in ("job", "datasets", "template", "parameters (defaults)", "description"):
-        table.add_column(col, overflow="fold")
-    for j in jobs.values():
-        shown = ", ".join(f"{k}={p.default}" for k, p in j.params.items() if p.default is not None)
-        table.add_row(j.name, ", ".join(j.datasets) or "-", j.template, escape(shown), escape(j.description))
-    console.print(table)
+    def shown(j) -> str:
+        return ", ".join(f"{k}={p.default}" for k, p in j.params.items() if p.default is not None)
+
+    show([Column("job"), Column("datasets", drop=2), Column("template", drop=3), Column("parameters (defaults)", drop=1),
+          Column("description")],
+         [[j.name, ", ".join(j.datasets) or "-", j.template, shown(j), j.description] for j in jobs.values()],
+         title="ferry jobs (run one: python cli.py run JOB|PATH [--set KEY=VALUE ...]; "
+               "every parameter: python cli.py jobs JOB)")
     if not project:
-        console.print("no job files in this project (job.yaml, *.job.yaml); `python cli.py init` writes one")
+        click.echo("no job files in this project (job.yaml, *.job.yaml); `python cli.py init` writes one", err=True)
         return
-    mine = Table(title=f"job files in {Path.cwd()}", title_justify="left")
-    for col in ("file", "job", "datasets", "template", "parameters (defaults)", "description"):
-        mine.add_column(col, overflow="fold")
+    rows = []
     for path, j, err in project:
-        rel = escape(str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path))
-        if j is None:
-            mine.add_row(rel, "-", "-", "-", "-", f"[red]{escape(err)}[/]")
-            continue
-        shown = ", ".join(f"{k}={p.default}" for k, p in j.params.items() if p.default is not None)
-        mine.add_row(rel, j.name, ", ".join(j.datasets) or "-", j.template, escape(shown), escape(j.description))
-    console.print(mine)
+        rel = str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+        rows.append([rel, "-", "-", "-", (err, "red")] if j is None else
+                    [rel, j.name, ", ".join(j.datasets) or "-", shown(j), j.description])
+    show([Column("file"), Column("job"), Column("datasets", drop=2), Column("parameters (defaults)", drop=1),
+          Column("description")], rows, title=f"job files in {Path.cwd()}")
 
 
 def _param_range(p) -> str:
@@ -99,9 +92,8 @@ def show_job(name: str, json_output: bool = False) -> None:
         return
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    console = Console(width=max(120, Console().width))
+    console = Console(highlight=False, soft_wrap=not Console().is_terminal)
     console.print(f"[bold]{escape(j.name)}[/] — {escape(j.description or '(no description)')}")
     lines = [("file", str(j.path)), ("command", j.command[2] + "   (bash)" if j.shell else " ".join(j.command))]
     if j.own_workdir:
@@ -117,14 +109,14 @@ def show_job(name: str, json_output: bool = False) -> None:
     for line in lines:
         if line:
             console.print(f"  {line[0]:<10} {escape(line[1])}")
-    table = Table(title=f"parameters (python cli.py run {escape(name)} --set KEY=VALUE)", title_justify="left")
-    for col in ("parameter", "type", "default", "allowed", "flag", "help"):
-        table.add_column(col, overflow="fold")
-    for p in j.params.values():
-        allowed = _param_range(p) + ("".join(f"; only with {k}={v}" for k, v in p.requires))
-        table.add_row(p.name, p.type, "-" if p.default is None else escape(str(p.default)), escape(allowed),
-                      escape(p.flag or "-"), escape(p.help))
-    console.print(table)
+    from infra.tables import Column, show
+
+    show([Column("parameter"), Column("type"), Column("default"), Column("allowed"), Column("flag", drop=1),
+          Column("help")],
+         [[p.name, p.type, "-" if p.default is None else str(p.default),
+           _param_range(p) + "".join(f"; only with {k}={v}" for k, v in p.requires), p.flag or "-", p.help]
+          for p in j.params.values()],
+         title=f"parameters (python cli.py run {name} --set KEY=VALUE)")
 
 
 def init(directory: str | None = None, force: bool = False) -> None:
@@ -277,8 +269,12 @@ def _fmt_duration(s: float | None) -> str:
 
 
 def runs(settings, job: str | None = None, limit: int = 20) -> None:
-    if job:
-        catalog.get(job)
+    if job:  # any job's name: a built-in one or a job file's (which need not be here)
+        from jobs.jobfile import JOB_NAME
+
+        if not JOB_NAME.fullmatch(job):
+            raise UsageError(f"--job {job!r} is not a job name",
+                             hint="job names are 1-40 lowercase letters, digits or hyphens, e.g. scene-svm")
     bucket = bucket_of(settings, create=False)
     try:
         rows = records.list_runs(bucket, job=job, limit=limit)

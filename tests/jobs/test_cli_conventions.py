@@ -72,6 +72,11 @@ def test_json_is_accepted_before_and_after_the_command(cloud):
         assert json.loads(before.stdout) is not None and json.loads(after.stdout) is not None, argv
         if argv != ["local", "status"]:
             assert json.loads(before.stdout) == json.loads(after.stdout), argv
+    assert len(json.loads(cli(cloud, "runs", "--job", "scene-svm", "--json").stdout)) == 3
+    r = cli(cloud, "runs", "--job", "student-model")  # a job file's job: not in the catalog, still a job
+    assert r.returncode == 0 and "no runs" in r.stdout and "student-model" in r.stdout
+    r = cli(cloud, "runs", "--job", "Bad_Name")
+    assert r.returncode == 2 and "'Bad_Name'" in r.stderr
     r = cli(cloud, "logs", "latest", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "succeeded", r.stderr
     # a --json given to the job (after --) is the job's, not ferry's
