@@ -1,9 +1,28 @@
 """TensorFlow 2 "quickstart for experts" (tensorflow/docs, tutorials/quickstart/advanced),
 on MNIST from our data directory instead of `tf.keras.datasets` (which downloads).
 
-The tutorial's model, tf.data pipeline, GradientTape train step and test step under
-tf.function, Mean/SparseCategoricalAccuracy metrics reset each epoch, and its printout.
+The tutorial's model, batch order (shuffle(10000).batch(32)), GradientTape train step and test
+step under tf.function, Mean/SparseCategoricalAccuracy metrics reset each epoch, and its printout.
 TensorBoard event files go to OUT/tensorboard/{train,test}.
+
+Speed (docs/trainer.md, "tf-quickstart speed"; bench/trainer.py measures it against a copy of
+the tutorial): the same Adam, computed by TensorFlow's fused kernel (`--adam fused`, default)
+instead of Keras's ~10 elementwise ops per variable; the update is most of a step's time on a
+CPU: one pass over Dense(128)'s 2.8M weights and its two moment slots instead of ten. The
+batches are gathered inside the step from the whole data set by index, in the order the
+tutorial's `shuffle(10000).batch(32)` gives (the same tf.data shuffle, run on the indices), so
+no tf.data pipeline copies images. `--adam keras` runs the tutorial's optimizer update.
+
+Adam, both ways (t = optimizer.iterations + 1, the Keras defaults lr 0.001, b1 0.9, b2 0.999,
+eps 1e-7; the same slot variables, so checkpoints hold the same state):
+    alpha = lr sqrt(1 - b2^t) / (1 - b1^t)
+    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2);  w -= alpha m / (sqrt(v) + eps)
+Keras's Adam.update_step and TF's ApplyAdam CPU kernel (use_nesterov=False) both compute
+exactly this, eps outside the square root and not bias-corrected. One difference besides float
+rounding: Keras takes (1 - b2) in double precision (0.001), the kernel in float32 from
+float32(0.999) (0.00099998713, 1.3e-5 relative; likewise 1 - b1, 2e-7): the fused kernel is
+Adam with b2 = float32(0.999). Training amplifies these as it does any rounding difference;
+accuracy is the same within run-to-run noise (docs/trainer.md).
 
 Checkpoints (trainer/checkpoint.py): after every epoch, OUT/checkpoints/ckpt-NNNNNN.ckpt holds
 the model's and the optimizer's variables (a tf.train.Checkpoint, packed as the ferry
@@ -42,9 +61,12 @@ class TFConfig:
     jit: bool = False
     resume: str | None = None          # a directory of checkpoints to continue from
     deterministic: bool = False        # tf.config.experimental.enable_op_determinism()
+    adam: str = "fused"                # fused: tf.raw_ops.ResourceApplyAdam; keras: Keras's update
 
 
 JOB = "tf-quickstart"
+ADAM = ("fused", "keras")
+EVAL_BATCHES = 32  # test batches per test-step call
 # Where a run reads and writes, not what it computes: free to differ on --resume.
 NOT_IDENTITY = ("out", "data_dir", "cache_dir", "download", "resume")
 TF_PREFIX = "tf"  # the tf.train.Checkpoint's files: tf.index, tf.data-00000-of-00001
@@ -82,6 +104,37 @@ def restore_tf_checkpoint(tracked, files: dict[str, bytes], name: str) -> None:
             text = " ".join(str(exc).split())
             raise TrainerError(f"checkpoint {name} does not fit this model: "
                                f"{text if len(text) < 200 else text[:197] + '...'}") from None
+
+
+def epoch_order(tf, n: int, buffer: int, seed: int):
+    """The example indices in the order `Dataset.from_tensor_slices(data).shuffle(buffer,
+    seed=seed, reshuffle_each_iteration=False)` yields them: the shuffle draws the same
+    random numbers whatever the elements are, so shuffling the indices gives its order."""
+    order = tf.data.Dataset.range(n).shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+    return order.batch(n).get_single_element().numpy()
+
+
+def fused_adam(tf, optimizer):
+    """apply(gradients, variables): one Adam step of `optimizer` (a built Keras Adam) by TF's
+    fused ApplyAdam kernel, on the optimizer's own slots and iteration counter (module
+    docstring: the formula). Only Adam's defaults: no amsgrad, clipping or weight decay."""
+    if (optimizer.amsgrad or optimizer.weight_decay or optimizer.clipnorm or optimizer.clipvalue
+            or optimizer.global_clipnorm or optimizer.use_ema):
+        raise TrainerError("the fused Adam implements plain Adam only: use --adam keras")
+    f32 = tf.float32
+    b1, b2, eps = (tf.constant(x, f32) for x in (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon))
+
+    def apply(gradients, variables):
+        t = tf.cast(optimizer.iterations + 1, f32)
+        lr = tf.cast(optimizer.learning_rate, f32)
+        b1_power, b2_power = tf.pow(b1, t), tf.pow(b2, t)
+        for g, var in zip(gradients, variables):
+            i = optimizer._get_variable_index(var)
+            tf.raw_ops.ResourceApplyAdam(var=var.handle, m=optimizer._momentums[i].handle,
+                                         v=optimizer._velocities[i].handle, beta1_power=b1_power,
+                                         beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2, epsilon=eps, grad=g)
+        optimizer.iterations.assign_add(1)
+    return apply
 
 
 def import_tensorflow(cfg: TFConfig):
@@ -124,12 +177,16 @@ def run(cfg: TFConfig) -> dict:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise TrainerError(f"--{name.replace('_', '-')} {v}: must be at least 1")
+    if cfg.adam not in ADAM:
+        raise TrainerError(f"--adam {cfg.adam}: must be one of {', '.join(ADAM)}")
     # Before any data, TensorFlow or --out's metrics.jsonl: a refused --resume costs nothing.
     ckpt = checkpoint.Checkpointer(cfg.out, identity(cfg), resume=cfg.resume, say=report.say)
     state = ckpt.state
     if ckpt.resumed_from is not None and not (isinstance(state, dict) and isinstance(state.get("epoch"), int)
                                               and isinstance(state.get("records"), list)):
         raise TrainerError(f"--resume {cfg.resume}: {ckpt.resumed_from} has no epoch and records in its state")
+    import numpy as np
+
     from trainer.datasets import cache, mnist, sources
 
     d = mnist.load(sources.data_root(cfg.data_dir), cfg.download, cache.cache_dir(cfg.cache_dir))
@@ -150,15 +207,23 @@ def run(cfg: TFConfig) -> dict:
     report.say(f"[tf-quickstart] TensorFlow {tf.__version__} on {device}; {ntr} train / {nte} test, "
                f"batch {cfg.batch_size}, {cfg.epochs} epochs (import {import_seconds:.1f}s)")
 
-    train_slices = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    # The data once as tensors; a step gathers its batch by index (captured by the steps,
+    # not copied into their graphs).
+    x_all, y_all = tf.constant(x_train), tf.constant(y_train)
+    x_tst, y_tst = tf.constant(x_test), tf.constant(y_test)
 
-    def train_ds(epoch: int):
+    def train_batches(epoch: int):
         # The tutorial's shuffle(10000).batch(32), with a seed of the epoch's own instead of
         # one iterator reshuffling: epoch e sees the same order in a resumed process.
-        return train_slices.shuffle(cfg.shuffle_buffer, seed=epoch_seed(cfg.seed, epoch),
-                                    reshuffle_each_iteration=False).batch(cfg.batch_size)
+        order = epoch_order(tf, ntr, cfg.shuffle_buffer, epoch_seed(cfg.seed, epoch))
+        return [order[s:s + cfg.batch_size] for s in range(0, ntr, cfg.batch_size)]
 
-    test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(cfg.batch_size)
+    index_spec = [tf.TensorSpec([None], tf.int64)]
+    # The test loop evaluates EVAL_BATCHES of the tutorial's batches per call (one pass over
+    # Dense(128)'s weights for 1024 images, not 32) and feeds the metrics the same values:
+    # each batch's mean loss (segment_mean over its examples) and every prediction.
+    chunk = cfg.batch_size * EVAL_BATCHES
+    test_chunks = [np.arange(s, min(s + chunk, nte)) for s in range(0, nte, chunk)]
 
     class MyModel(tf.keras.Model):
         def __init__(self):
@@ -177,35 +242,42 @@ def run(cfg: TFConfig) -> dict:
     model = MyModel()
     loss_object = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     optimizer = tf.keras.optimizers.Adam()
+    model(x_train[:1])                              # create the variables and Adam's slots
+    optimizer.build(model.trainable_variables)
+    apply_adam = fused_adam(tf, optimizer) if cfg.adam == "fused" else None
     train_loss = tf.keras.metrics.Mean(name="train_loss")
     train_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="train_accuracy")
     test_loss = tf.keras.metrics.Mean(name="test_loss")
     test_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="test_accuracy")
 
-    @tf.function(jit_compile=cfg.jit or None)
-    def train_step(images, labels):
+    @tf.function(jit_compile=cfg.jit or None, input_signature=index_spec)  # one trace for every batch size
+    def train_step(index):
+        images, labels = tf.gather(x_all, index), tf.gather(y_all, index)
         with tf.GradientTape() as tape:
             # training=True is only needed if there are layers with different
             # behavior during training versus inference (e.g. Dropout).
             predictions = model(images, training=True)
             loss = loss_object(labels, predictions)
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        if apply_adam is None:
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        else:
+            apply_adam(gradients, model.trainable_variables)
         train_loss(loss)
         train_accuracy(labels, predictions)
 
-    @tf.function(jit_compile=cfg.jit or None)
-    def test_step(images, labels):
+    @tf.function(jit_compile=cfg.jit or None, input_signature=index_spec)  # one trace for every batch size
+    def test_step(index):
+        images, labels = tf.gather(x_tst, index), tf.gather(y_tst, index)
         predictions = model(images, training=False)
-        t_loss = loss_object(labels, predictions)
-        test_loss(t_loss)
+        per_example = tf.keras.losses.sparse_categorical_crossentropy(labels, predictions, from_logits=True)
+        batch = tf.range(tf.shape(index, out_type=tf.int64)[0]) // cfg.batch_size
+        test_loss(tf.math.segment_mean(per_example, batch))   # the tutorial's batch means, one each
         test_accuracy(labels, predictions)
 
     tracked = tf.train.Checkpoint(model=model, optimizer=optimizer)
     start, tf_write_seconds = 0, []
     if ckpt.resumed_from is not None:
-        model(x_train[:1])                          # create the variables, then overwrite them
-        optimizer.build(model.trainable_variables)
         restore_tf_checkpoint(tracked, ckpt.files or {}, ckpt.resumed_from)
         start = state["epoch"] + 1
         run_.restore(state["records"])
@@ -222,15 +294,16 @@ def run(cfg: TFConfig) -> dict:
         test_loss.reset_state()
         test_accuracy.reset_state()
         t = time.perf_counter()
-        for images, labels in train_ds(epoch):
-            train_step(images, labels)
+        for index in train_batches(epoch):
+            train_step(index)
         seconds = time.perf_counter() - t
-        for test_images, test_labels in test_ds:
-            test_step(test_images, test_labels)
+        for index in test_chunks:
+            test_step(index)
+        eval_seconds = time.perf_counter() - t - seconds
         rec = {"job": "tf-quickstart", "epoch": epoch, "loss": float(train_loss.result()),
                "train_accuracy": float(train_accuracy.result()), "test_loss": float(test_loss.result()),
                "test_accuracy": float(test_accuracy.result()), "seconds": round(seconds, 3),
-               "examples_per_s": round(ntr / seconds, 1)}
+               "examples_per_s": round(ntr / seconds, 1), "eval_seconds": round(eval_seconds, 3)}
         scalar(tf, train_writer, epoch, loss=rec["loss"], accuracy=rec["train_accuracy"])
         scalar(tf, test_writer, epoch, loss=rec["test_loss"], accuracy=rec["test_accuracy"])
         train_writer.flush()

@@ -64,7 +64,7 @@ def no_credentials_allowed(monkeypatch):
     (["run", "tf-quickstart", "--set", "seed=99999999999", "--dry-run"], "must be at most"),
     (["pull", "latest", "--to", "README.md"], "is a file, not a folder"),
     # Click's own usage errors: one line too
-    (["run"], "missing argument 'JOB'"),
+    (["run"], "missing argument 'JOB|PATH'"),
     (["up", "--max-hours", "many"], "'many' is not a valid float"),
     (["--jsn", "status"], "no such option '--jsn'"),
     (["stauts"], "no such command 'stauts'"),
