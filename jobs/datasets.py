@@ -78,16 +78,22 @@ def present(bucket, name: str) -> bool:
 
 def _make_tar(src: Path, arcroot: str, dest: Path) -> int:
     files = sorted(p for p in src.rglob("*") if p.is_file())
+    _write_tar(dest, files, src, arcroot + "/")
+    return len(files)
+
+
+def _write_tar(dest: Path, files, root: Path, arcprefix: str = "") -> None:
+    """FILES (under ROOT) as a reproducible tar: same bytes for the same content (no owners,
+    times or modes of this machine), so its checksum says whether anything changed."""
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in files:
-            info = tar.gettarinfo(str(path), arcname=f"{arcroot}/{path.relative_to(src).as_posix()}")
+            info = tar.gettarinfo(str(path), arcname=arcprefix + path.relative_to(root).as_posix())
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mtime = 0
             info.mode = 0o644
             with open(path, "rb") as f:
                 tar.addfile(info, f)
-    return len(files)
 
 
 def push(bucket, name: str, root: Path, progress=print) -> dict:
@@ -175,15 +181,7 @@ def _push_folder(bucket, name: str, folder: Path, source: str, content: str, pro
     with tempfile.TemporaryDirectory(prefix="ferry-dataset-") as tmp:
         tar_path = Path(tmp) / "data.tar"
         files = _folder_files(folder)
-        with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for path in files:
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                info.mode = 0o644
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
+        _write_tar(tar_path, files, folder)
         digest, size = _sha256(tar_path)
         progress(f"uploading datasets/{name}/data.tar ({len(files)} files, {size / 1e6:.1f} MB)")
         bucket.blob(f"datasets/{name}/data.tar").upload_from_filename(str(tar_path), content_type="application/x-tar")
