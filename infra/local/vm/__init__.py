@@ -14,10 +14,20 @@ script, and every process started on it tracked so that stop() ends them all.
 See docs/local-vms.md.
 """
 
-from .runtime import LocalVm
-from .spec import SSH_MODES, VmError, VmSpec, parse_ssh_keys
-
 __all__ = ["LocalVm", "VmSpec", "VmError", "SSH_MODES", "parse_ssh_keys", "openssh_available"]
+_FROM = {"LocalVm": "runtime", "VmSpec": "spec", "VmError": "spec", "SSH_MODES": "spec", "parse_ssh_keys": "spec"}
+
+
+def __getattr__(name: str):
+    """Loaded on first use: a CLI command that only needs `processes` (every local command,
+    through infra.local.service) does not pay for the VM runtime's imports (PEP 562)."""
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_FROM[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def openssh_available() -> str | None:

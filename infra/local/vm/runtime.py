@@ -127,6 +127,9 @@ class LocalVm:
         self._meta: MetadataServer | None = None
         self._meta_state: MetadataState | None = None
         self._pgids: set[int] = set()
+        # its own lock: the SSH server's event loop records each spawn while stop() or
+        # drop_connections() (holding self._lock) may be waiting on that same loop
+        self._pgid_lock = threading.Lock()
         self._children: list[subprocess.Popen] = []
         self._host_key = ""
         self._booted = threading.Event()
@@ -234,7 +237,7 @@ class LocalVm:
         return self.spec.metadata.get("ssh-keys", "")
 
     def _on_spawn(self, pgid: int) -> None:
-        with self._lock:
+        with self._pgid_lock:
             self._pgids.add(pgid)
 
     def _reap(self, proc: subprocess.Popen, after=None) -> None:
@@ -403,8 +406,9 @@ class LocalVm:
     def drop_connections(self) -> None:
         """Close every SSH connection; the server keeps listening (a network blip)."""
         with self._lock:
-            if self._running and self._sshd is not None:
-                self._sshd.drop_connections()
+            sshd = self._sshd if self._running else None
+        if sshd is not None:  # outside the lock: it waits on the server's loop
+            sshd.drop_connections()
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Power off: every process the VM started gets SIGTERM, then SIGKILL after `grace`
@@ -417,7 +421,9 @@ class LocalVm:
             sshd, self._sshd = self._sshd, None
             if sshd is not None:
                 sshd.stop()  # no new sessions; connections aborted
-            left = processes.kill_all(self.spec.marker, pgids=self._pgids, grace=grace)
+            with self._pgid_lock:
+                pgids = set(self._pgids)
+            left = processes.kill_all(self.spec.marker, pgids=pgids, grace=grace)
             if self._meta is not None:
                 self._meta.stop()
                 self._meta = None
