@@ -177,11 +177,19 @@ def kill_all(marker: str, pgids=(), grace: float = 0.0, deadline: float = 2.0, v
         while pids and time.monotonic() < stop_at:
             time.sleep(0.01)
             pids = find(marker, var)
-    _signal_all(set(pids) | tree, pgids, signal.SIGKILL)
+    signalled = set(pids) | tree
+    _signal_all(signalled, pgids, signal.SIGKILL)
     while True:
         # SIGSTOP first would freeze a fork loop; SIGKILL on every scan converges as fast.
         pids = find(marker, var)
-        if not pids or time.monotonic() > end:
+        if not pids:
+            # a killed process stops showing its environment before it is fully dead (its memory
+            # goes first): wait for those signalled to be gone too, so that [] means dead
+            while any(alive(p) for p in signalled) and time.monotonic() <= end:
+                time.sleep(0.002)
+            return []
+        if time.monotonic() > end:
             return pids
+        signalled |= set(pids)
         _signal_all(pids, (), signal.SIGKILL)
         time.sleep(0.005)
