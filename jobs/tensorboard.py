@@ -63,6 +63,8 @@ def tensorboard(settings, run_id: str, port: int | None = None, print_only: bool
 
     if port is not None and not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port", hint="give 1-65535, or 0 for a free one")
+    if dest and Path(dest).exists() and not Path(dest).is_dir():
+        raise UsageError(f"--to {dest}: is a file, not a folder", hint="give a folder (it is created if absent); nothing was written")
     bucket = bucket_of(settings, create=False)
     run_id = _resolve_run(bucket, run_id)
     target = Path(dest) if dest else Path("runs") / run_id / "tensorboard"

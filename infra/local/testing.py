@@ -99,16 +99,20 @@ def ferry_local_cloud(home: Path, vm_runtime: str | None = None):
                 os.environ[k] = v
 
 
-def wait_until(pred, timeout: float = 10.0, interval: float = 0.02):
-    """Poll `pred` until it returns something truthy (returned) or `timeout` passes (its last
-    value is returned). For what a test sees through snapshots: /proc scans, listings."""
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.02, what: str | None = None):
+    """Poll `pred` until it returns something truthy (returned) or `timeout` passes: then its
+    last value is returned, or, with `what`, AssertionError("timed out waiting for WHAT").
+    For what a test sees through snapshots: /proc scans, listings, state machines."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = pred()
         if value:
             return value
         time.sleep(interval)
-    return pred()
+    value = pred()
+    if not value and what is not None:
+        raise AssertionError(f"timed out waiting for {what}")
+    return value
 
 
 def wait_operation(cloud_or_options, op, timeout: float = 30.0, poll_s: float = 0.02):

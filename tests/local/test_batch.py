@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -92,13 +91,9 @@ def state(x) -> str:
 
 
 def wait_for(pred, timeout: float = 30.0, what: str = "condition", interval: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+    from infra.local.testing import wait_until
+
+    return wait_until(pred, timeout, interval, what=what)
 
 
 def wait_job(cloud, name: str, timeout: float = 40.0):
