@@ -286,3 +286,22 @@ def test_test_metrics_are_the_tutorials_batch_by_batch(uninterrupted, fake_mnist
     assert last["test_accuracy"] == float(test_accuracy.result())
     assert abs(last["test_loss"] - float(test_loss.result())) <= 1e-6 * abs(float(test_loss.result()))
     assert np.isfinite(last["test_loss"]) and last["test_loss"] > 0
+
+
+def test_many_steps_per_call_train_as_one_call_per_step(uninterrupted, fake_mnist, tmp_path, monkeypatch, capsys):
+    """The training loop runs STEPS_PER_CALL steps in one compiled call; with 4 per call (300
+    images: calls of 4, 4, 1 full batches and the 12-image rest) the run must end with the
+    weights, Adam state and metrics of one call per step, bit for bit, and of the shared run
+    (100 per call)."""
+    from trainer import tfquickstart
+
+    monkeypatch.setattr(tfquickstart, "STEPS_PER_CALL", 1)
+    assert main(argv(fake_mnist, tmp_path / "one")) == 0, capsys.readouterr().err
+    monkeypatch.setattr(tfquickstart, "STEPS_PER_CALL", 4)
+    assert main(argv(fake_mnist, tmp_path / "four")) == 0, capsys.readouterr().err
+    last = "checkpoints/ckpt-000003.ckpt"
+    assert_same_weights(tmp_path / "one" / last, tmp_path / "four" / last)
+    assert_same_weights(tmp_path / "one" / last, uninterrupted / last)
+    assert untimed(metrics(tmp_path / "one")) == untimed(metrics(tmp_path / "four")) == untimed(metrics(uninterrupted))
+    steps = [v for k, v in tf_variables(tmp_path / "four" / last).items() if "iteration" in k]
+    assert [int(v) for v in steps] == [3 * 10]  # 3 epochs of ceil(300 / 32) steps: the rest was trained
