@@ -305,3 +305,13 @@ def test_many_steps_per_call_train_as_one_call_per_step(uninterrupted, fake_mnis
     assert untimed(metrics(tmp_path / "one")) == untimed(metrics(tmp_path / "four")) == untimed(metrics(uninterrupted))
     steps = [v for k, v in tf_variables(tmp_path / "four" / last).items() if "iteration" in k]
     assert [int(v) for v in steps] == [3 * 10]  # 3 epochs of ceil(300 / 32) steps: the rest was trained
+
+
+def test_jit_runs_and_trains_like_the_graph(uninterrupted, fake_mnist, tmp_path, capsys):
+    """--jit compiles both steps with XLA (the test loop's per-batch means included: no op
+    without an XLA kernel) and gives the same run up to float rounding."""
+    code = main(argv(fake_mnist, tmp_path / "jit", "--jit"))
+    assert code == 0, capsys.readouterr().err
+    for a, b in zip(metrics(tmp_path / "jit"), metrics(uninterrupted)):
+        for key in ("loss", "test_loss", "train_accuracy", "test_accuracy"):
+            assert abs(a[key] - b[key]) <= 1e-3 * max(1.0, abs(b[key])), (key, a, b)
