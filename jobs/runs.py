@@ -73,9 +73,16 @@ def bounded_retry(seconds: float = 15.0):
     return DEFAULT_RETRY.with_timeout(seconds) if hasattr(DEFAULT_RETRY, "with_timeout") else DEFAULT_RETRY.with_deadline(seconds)
 
 
+def call_options(quick: bool) -> dict:
+    """Keyword arguments for a storage call: `quick` bounds its retries to ~15 s and each
+    request to 10 s (while attached to a run, and in the dashboard, which must answer a page
+    even when the bucket cannot be reached); otherwise the client's defaults (~120 s)."""
+    return {"retry": bounded_retry(), "timeout": 10} if quick else {}
+
+
 def put_json(bucket, name: str, data: dict, quick: bool = False, metadata: dict | None = None) -> None:
-    """Write a record (with custom `metadata`); `quick`: retries bounded to ~15 s (while attached to a run)."""
-    extra = {"retry": bounded_retry(), "timeout": 10} if quick else {}
+    """Write a record (with custom `metadata`); `quick`: see call_options."""
+    extra = call_options(quick)
     blob = bucket.blob(name)
     if metadata:
         blob.metadata = metadata
@@ -86,20 +93,19 @@ def put_json(bucket, name: str, data: dict, quick: bool = False, metadata: dict 
 def get_json(bucket, name: str, quick: bool = False):
     from google.api_core.exceptions import NotFound
 
-    extra = {"retry": bounded_retry(), "timeout": 10} if quick else {}
     try:
-        return json.loads(bucket.blob(name).download_as_bytes(**extra))
+        return json.loads(bucket.blob(name).download_as_bytes(**call_options(quick)))
     except NotFound:
         return None
     except ValueError:
         return None
 
 
-def list_run_ids(bucket, job: str | None = None) -> list[str]:
+def list_run_ids(bucket, job: str | None = None, quick: bool = False) -> list[str]:
     """Run ids in the bucket, newest first."""
     from google.api_core.exceptions import NotFound
 
-    it = bucket.client.list_blobs(bucket, prefix="runs/", delimiter="/")
+    it = bucket.client.list_blobs(bucket, prefix="runs/", delimiter="/", **call_options(quick))
     try:
         for _ in it.pages:
             pass
@@ -116,16 +122,16 @@ def latest(bucket) -> str | None:
     return ids[0] if ids else None
 
 
-def record(bucket, run_id: str) -> dict:
+def record(bucket, run_id: str, quick: bool = False) -> dict:
     """manifest, status, summary of one run, and the derived figures `runs` shows."""
     p = prefix(run_id)
-    manifest = get_json(bucket, p + "manifest.json") or {}
-    status = get_json(bucket, p + "status.json")
-    summary = get_json(bucket, p + "summary.json")
+    manifest = get_json(bucket, p + "manifest.json", quick) or {}
+    status = get_json(bucket, p + "status.json", quick)
+    summary = get_json(bucket, p + "summary.json", quick)
     metrics = None
     if summary is None:
         try:
-            raw = bucket.blob(p + "metrics.jsonl").download_as_bytes()
+            raw = bucket.blob(p + "metrics.jsonl").download_as_bytes(**call_options(quick))
             metrics = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
         except Exception:
             metrics = None
@@ -154,7 +160,7 @@ def record(bucket, run_id: str) -> dict:
     }
 
 
-def list_runs(bucket, job: str | None = None, limit: int = 20) -> list[dict]:
+def list_runs(bucket, job: str | None = None, limit: int = 20, quick: bool = False) -> list[dict]:
     """The newest `limit` runs' rows. Two listing calls per 1000 runs: status.json carries the
     figures in its metadata (trainer/report.py `row`, written with every status), returned by
     the listing itself; only runs without it (older ones) are read object by object, in parallel."""
@@ -164,7 +170,8 @@ def list_runs(bucket, job: str | None = None, limit: int = 20) -> list[dict]:
 
     found: dict[str, dict | None] = {}
     try:
-        for blob in bucket.client.list_blobs(bucket, prefix="runs/", match_glob="runs/*/status.json"):
+        for blob in bucket.client.list_blobs(bucket, prefix="runs/", match_glob="runs/*/status.json",
+                                             **call_options(quick)):
             run_id = blob.name[len("runs/"):-len("/status.json")]
             if not valid_run_id(run_id) or (job and RUN_ID_RE.match(run_id).group("job") != job):
                 continue
@@ -172,11 +179,11 @@ def list_runs(bucket, job: str | None = None, limit: int = 20) -> list[dict]:
     except NotFound:  # no bucket yet: no runs
         return []
     # a run folder without a status (its first write failed) is still a run: one more listing
-    ids = sorted(set(found) | set(list_run_ids(bucket, job)), key=sort_key, reverse=True)[:limit]
+    ids = sorted(set(found) | set(list_run_ids(bucket, job, quick)), key=sort_key, reverse=True)[:limit]
     missing = [i for i in ids if found.get(i) is None]
     if missing:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for run_id, rec in zip(missing, pool.map(lambda i: record(bucket, i), missing)):
+            for run_id, rec in zip(missing, pool.map(lambda i: record(bucket, i, quick), missing)):
                 found[run_id] = rec
     return [found[i] for i in ids]
 

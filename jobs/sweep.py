@@ -358,8 +358,8 @@ def load_manifest(bucket, sweep_id: str) -> dict:
     return manifest
 
 
-def list_sweep_ids(bucket) -> list[str]:
-    it = bucket.list_blobs(prefix=SWEEPS, delimiter="/")
+def list_sweep_ids(bucket, quick: bool = False) -> list[str]:
+    it = bucket.list_blobs(prefix=SWEEPS, delimiter="/", **records.call_options(quick))
     for _ in it.pages:
         pass
     ids = [p[len(SWEEPS):].rstrip("/") for p in it.prefixes]
@@ -397,7 +397,7 @@ def status(settings, sweep_id: str | None = None) -> None:
     sweep_id = _latest(bucket, sweep_id)
     manifest = load_manifest(bucket, sweep_id)
     batch = _batch_tasks(settings, manifest)
-    listed = _task_rows(bucket, sweep_id)
+    listed = task_rows(bucket, sweep_id)
     rows = []
     for task in manifest["tasks"]:
         i = task["index"]
@@ -427,14 +427,15 @@ def status(settings, sweep_id: str | None = None) -> None:
          title=f"sweep {sweep_id}: {manifest['job']}, {len(rows)} task(s), Batch job {manifest['batch_job']}")
 
 
-def _task_rows(bucket, sweep_id: str) -> dict[int, dict]:
+def task_rows(bucket, sweep_id: str, quick: bool = False) -> dict[int, dict]:
     """{index: figures} from one listing: each task's status.json carries them in its metadata
     (the runner's row, as for `runs`), so `sweep status` costs O(1) requests per 1000 tasks."""
     from trainer.report import ROW_KEY
 
     pre = f"{sweep_prefix(sweep_id)}tasks/"
     out = {}
-    for blob in bucket.client.list_blobs(bucket, prefix=pre, match_glob=pre + "*/status.json"):
+    for blob in bucket.client.list_blobs(bucket, prefix=pre, match_glob=pre + "*/status.json",
+                                         **records.call_options(quick)):
         try:
             index = int(blob.name[len(pre):].split("/", 1)[0])
             row = json.loads((blob.metadata or {})[ROW_KEY])

@@ -57,7 +57,7 @@ class Folder:
 
 def QUICK() -> dict:  # noqa: N802
     """A page waits seconds, not the storage client's default two minutes of retries."""
-    return {"retry": records.bounded_retry(10.0), "timeout": 10}
+    return records.call_options(quick=True)
 
 
 def _num(v) -> bool:
@@ -114,7 +114,7 @@ class Reader:
 
     # ------------------------------------------------------------------ runs
     def runs_rows(self, limit: int = 100) -> list[dict]:
-        rows = records.list_runs(self.bucket, limit=limit)
+        rows = records.list_runs(self.bucket, limit=limit, quick=True)
         wanted = {records.prefix(r["run_id"]) + "manifest.json" for r in rows}
         blobs = [b for b in _listing(self.bucket, "runs/", "runs/*/manifest.json") if b.name in wanted]
         manifests = self._jsons(blobs)
@@ -136,7 +136,7 @@ class Reader:
         from jobs import sweep
 
         try:
-            ids = sweep.list_sweep_ids(self.bucket)[:limit]
+            ids = sweep.list_sweep_ids(self.bucket, quick=True)[:limit]
         except Exception as exc:
             from google.api_core.exceptions import NotFound
 
@@ -147,7 +147,7 @@ class Reader:
                  if b.name[len(sweep.SWEEPS):].split("/", 1)[0] in ids]
         manifests = self._jsons(blobs)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            task_rows = dict(zip(ids, pool.map(lambda i: sweep._task_rows(self.bucket, i), ids)))
+            task_rows = dict(zip(ids, pool.map(lambda i: sweep.task_rows(self.bucket, i, quick=True), ids)))
         out = []
         for sid in ids:
             m = manifests.get(sweep.sweep_prefix(sid) + "manifest.json") or {}
@@ -168,7 +168,7 @@ class Reader:
         m = records.get_json(self.bucket, sweep.sweep_prefix(sweep_id) + "manifest.json", quick=True)
         if not isinstance(m, dict):
             return None
-        listed = sweep._task_rows(self.bucket, sweep_id)
+        listed = sweep.task_rows(self.bucket, sweep_id, quick=True)
         tasks = []
         for t in m.get("tasks") or []:
             i = t.get("index")

@@ -113,6 +113,23 @@ def test_empty_bucket_says_so(ui):
     assert http_.json("/api/runs")[0] == [] and http_.json("/api/sweeps")[0] == []
 
 
+def test_unreachable_bucket_is_a_503_page_in_seconds_not_minutes(ui, cloud):
+    """Cloud Storage answering 503 to everything: the lists give the 503 page once the bounded
+    retries (~15 s) give up, not after the client's default two minutes; then it recovers."""
+    import time
+
+    http_, _ = ui
+    write_run(cloud.bucket, "mnist-nn-20260101-000000-aaaa")
+    cloud.control.fault("http_error", service="storage", status=503, count=10_000)
+    t = time.monotonic()
+    code, _, body = http_.get("/")
+    waited = time.monotonic() - t
+    assert code == 503 and b"The bucket could not be read" in body, (code, body[:300])
+    assert waited < 40, waited
+    cloud.control.clear_faults()
+    assert "mnist-nn-20260101-000000-aaaa" in http_.page("/")
+
+
 def test_runs_list_shows_state_job_start_duration_best_and_cost(ui, cloud):
     http_, _ = ui
     write_run(cloud.bucket, "mnist-nn-20260101-000000-aaaa", best=0.9123)
