@@ -481,13 +481,25 @@ def _run(argv) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except ModuleNotFoundError as exc:  # an optional dependency a command needs (e.g. the tf extra)
-        extra = " (`pip install -e '.[tf]'`)" if exc.name and exc.name.split(".")[0] in ("tensorflow", "tensorboard") else ""
-        click.echo(f"error: {exc.name or exc} is not installed in this environment{extra}", err=True)
-        return 2
+        return _missing_module(exc)
+    except Exception as exc:  # noqa: BLE001 - only a Google client's own errors become a line
+        from infra.errors import cloud_error_of
+
+        error = cloud_error_of(exc)
+        if error is None:
+            raise
+        click.echo(f"error: {error}", err=True)
+        return error.exit_code
     if interrupts.received():  # a signal arrived during a teardown that then completed
         _echo_safe("interrupted")
         return interrupts.exit_code()
     return 0
+
+
+def _missing_module(exc: ModuleNotFoundError) -> int:
+    extra = " (`pip install -e '.[tf]'`)" if exc.name and exc.name.split(".")[0] in ("tensorflow", "tensorboard") else ""
+    click.echo(f"error: {exc.name or exc} is not installed in this environment{extra}", err=True)
+    return 2
 
 
 def _echo_safe(text: str) -> None:

@@ -228,14 +228,28 @@ def compute(settings: Settings) -> Compute:
 
 
 def storage_client(settings: Settings):
-    """google.cloud.storage.Client for the backend (local: the emulator, anonymous)."""
+    """google.cloud.storage.Client for the backend (local: the emulator, anonymous). Its
+    requests session says once on stderr when the service answers with a status the client
+    retries (its default retries last up to two minutes: no silent wait)."""
     from google.cloud import storage
 
     ep = endpoints(settings)["storage"]
-    if ep:
-        return storage.Client(project=settings.project, credentials=credentials(settings),
-                              client_options={"api_endpoint": ep})
-    return storage.Client(project=settings.project, credentials=credentials(settings))
+    options = {"client_options": {"api_endpoint": ep}} if ep else {}
+    client = storage.Client(project=settings.project, credentials=credentials(settings), **options)
+    client._http.hooks["response"].append(_say_when_retried)  # the client's own AuthorizedSession
+    return client
+
+
+_RETRIED = {408, 429, 500, 502, 503, 504}  # google.cloud.storage.retry's retryable statuses
+_SAID_RETRYING: set = set()
+
+
+def _say_when_retried(response, *args, **kwargs):
+    if response.status_code in _RETRIED and "storage" not in _SAID_RETRYING:
+        _SAID_RETRYING.add("storage")
+        print(f"ferry: Cloud Storage answered {response.status_code} {response.reason or ''}".rstrip()
+              + "; retrying for up to 2 minutes (Ctrl-C stops)", file=sys.stderr, flush=True)
+    return response
 
 
 def batch(settings: Settings):

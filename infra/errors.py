@@ -64,6 +64,25 @@ class Interrupted(FerryError):
         return interrupts.exit_code(130)
 
 
+_CLIENT_MODULES = ("google.api_core", "google.auth", "google.resumable_media", "requests", "urllib3")
+_SERVICES = (("storage/v1", "Cloud Storage"), ("/upload/storage/", "Cloud Storage"),
+             ("/compute/v1/", "Compute Engine"), ("batch.googleapis", "Cloud Batch"), ("/v1/projects/", "Google Cloud"))
+
+
+def cloud_error_of(exc: BaseException) -> CloudError | None:
+    """An exception a Google client (or its HTTP transport) raised and no command turned into
+    a FerryError — retries given up on an outage (RetryError), a 5xx, a refused connection —
+    as a CloudError naming the service; None for anything else (a bug: its traceback stays)."""
+    if not any(c.__module__.startswith(_CLIENT_MODULES) for c in type(exc).__mro__):
+        return None
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    service = next((name for needle, name in _SERVICES if needle in text), "Google Cloud")
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return CloudError(f"{service} request failed: {text}",
+                      hint="the service is down or unreachable from here; try again later, -v shows every API call")
+
+
 def unknown(kind: str, value: str, valid: Iterable[str]) -> UsageError:
     """`unknown GPU 'tt4' (did you mean: t4, p4?; valid: ...)` as a UsageError."""
     valid = sorted(set(valid))

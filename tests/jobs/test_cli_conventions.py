@@ -84,6 +84,24 @@ def test_json_is_accepted_before_and_after_the_command(cloud):
     assert r.returncode == 2 and "no-such-vm" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cloud_storage_failures_are_one_line_and_retries_are_said(cloud):
+    """A Google client's own exception that no command handles (here Cloud Storage refusing
+    with 403) is one line naming the service, exit 3, no traceback; a status the client
+    retries (503 twice) is said once on stderr, and the command then succeeds."""
+    seed_runs(cloud.bucket)
+    cloud.control.fault("http_error", service="storage", status=403, count=1000)
+    for argv in (["runs"], ["sweeps"], ["logs", "latest"], ["pull", "latest"]):
+        r = cli(cloud, *argv)
+        assert r.returncode == 3 and "Traceback" not in r.stderr, (argv, r.stderr[-1000:])
+        lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "Cloud Storage request failed: 403" in lines[0], (argv, r.stderr)
+    cloud.control.clear_faults()
+    cloud.control.fault("http_error", service="storage", status=503, count=2)
+    r = cli(cloud, "runs")
+    assert r.returncode == 0 and "scene-svm" in r.stdout, r.stderr
+    assert r.stderr.count("Cloud Storage answered 503") == 1, r.stderr
+
+
 def test_gpus_and_runs_fit_80_columns_and_pipe_complete_rows(cloud):
     ids = seed_runs(cloud.bucket)
     rc, screen = terminal(cloud, "gpus")
