@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from infra.errors import CloudError
+from infra.errors import CloudError, say_retrying
 from infra.settings import Settings
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -241,14 +241,11 @@ def storage_client(settings: Settings):
 
 
 _RETRIED = {408, 429, 500, 502, 503, 504}  # google.cloud.storage.retry's retryable statuses
-_SAID_RETRYING: set = set()
 
 
 def _say_when_retried(response, *args, **kwargs):
-    if response.status_code in _RETRIED and "storage" not in _SAID_RETRYING:
-        _SAID_RETRYING.add("storage")
-        print(f"ferry: Cloud Storage answered {response.status_code} {response.reason or ''}".rstrip()
-              + "; retrying for up to 2 minutes (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if response.status_code in _RETRIED:  # DEFAULT_RETRY's deadline: 120 s
+        say_retrying("Cloud Storage", f"{response.status_code} {response.reason or ''}".rstrip(), 120)
     return response
 
 

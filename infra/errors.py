@@ -83,6 +83,21 @@ def cloud_error_of(exc: BaseException) -> CloudError | None:
                       hint="the service is down or unreachable from here; try again later, -v shows every API call")
 
 
+_SAID_RETRYING: set = set()
+
+
+def say_retrying(service: str, answer: str, seconds: float) -> None:
+    """Say once per process on stderr that a client is retrying SERVICE's ANSWER (e.g. "503
+    Service Unavailable") for up to SECONDS: an outage is a line, not a silent wait."""
+    if service in _SAID_RETRYING:
+        return
+    _SAID_RETRYING.add(service)
+    import sys
+
+    span = f"{round(seconds / 60):g} minutes" if seconds >= 120 else f"{round(seconds):g} s"
+    print(f"ferry: {service} answered {answer}; retrying for up to {span} (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+
 def unknown(kind: str, value: str, valid: Iterable[str]) -> UsageError:
     """`unknown GPU 'tt4' (did you mean: t4, p4?; valid: ...)` as a UsageError."""
     valid = sorted(set(valid))

@@ -148,6 +148,10 @@ class Gce:
         # fed the failure it would have seen first.
         from google.api_core.retry import exponential_sleep_generator, retry_target
 
+        from infra.errors import say_retrying
+
+        say_retrying("Compute Engine", " ".join(f"{getattr(failed, 'code', '') or ''} {type(failed).__name__}".split()),
+                     RETRY_DEADLINE_S - (time.monotonic() - first))
         calls = iter([failed])
 
         def target() -> dict:

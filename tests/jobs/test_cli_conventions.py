@@ -99,7 +99,11 @@ def test_cloud_storage_failures_are_one_line_and_retries_are_said(cloud):
     cloud.control.fault("http_error", service="storage", status=503, count=2)
     r = cli(cloud, "runs")
     assert r.returncode == 0 and "scene-svm" in r.stdout, r.stderr
-    assert r.stderr.count("Cloud Storage answered 503") == 1, r.stderr
+    assert r.stderr.count("ferry: Cloud Storage answered 503 Service Unavailable; retrying for up to 2 minutes") == 1, r.stderr
+    cloud.control.fault("http_error", service="compute", status=503, count=2)  # reads retry for 10 minutes
+    r = cli(cloud, "status")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("ferry: Compute Engine answered 503") == 1 and "up to 10 minutes" in r.stderr, r.stderr
 
 
 def test_gpus_and_runs_fit_80_columns_and_pipe_complete_rows(cloud):
