@@ -55,11 +55,6 @@ class Folder:
         return self.prefix.strip("/").replace("/", "+")
 
 
-def QUICK() -> dict:  # noqa: N802
-    """A page waits seconds, not the storage client's default two minutes of retries."""
-    return records.call_options(quick=True)
-
-
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -80,7 +75,7 @@ def _listing(bucket, prefix: str, glob: str):
     from google.api_core.exceptions import NotFound
 
     try:
-        return list(bucket.client.list_blobs(bucket, prefix=prefix, match_glob=glob, **QUICK()))
+        return list(bucket.client.list_blobs(bucket, prefix=prefix, match_glob=glob, **records.call_options(quick=True)))
     except NotFound:  # no bucket yet
         return []
 
@@ -281,7 +276,7 @@ class Reader:
         from google.api_core.exceptions import NotFound
 
         try:
-            return self.bucket.blob(name).download_as_bytes(start=start, end=end - 1, **QUICK())
+            return self.bucket.blob(name).download_as_bytes(start=start, end=end - 1, **records.call_options(quick=True))
         except NotFound:
             return b""
 
